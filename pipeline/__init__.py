@@ -1,0 +1,1 @@
+"""YOLACT-style instance segmentation: a library the DVC stages in `stages/` call."""

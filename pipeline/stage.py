@@ -1,0 +1,71 @@
+"""The shared entry point of every `stages/` script.
+
+Parses ``--params`` and ``--set key=value``, validates the params before any work, opens the
+stage's MLflow run and turns known errors into one line on stderr and a non-zero exit:
+2 for invalid params, 1 for bad data or state.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable
+
+from .config import ConfigError, Params, load
+from .errors import PipelineError
+
+StageMain = Callable[[Params, Any, argparse.Namespace], None]
+
+
+def run_stage(
+    name: str,
+    main: StageMain,
+    configure: Callable[[argparse.ArgumentParser], None] | None = None,
+    argv: list[str] | None = None,
+) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=main.__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a param, e.g. --set loss.pos_iou=0.6 (repeatable)",
+    )
+    if configure:
+        configure(parser)
+    args = parser.parse_args(argv)
+    try:
+        params = load(args.params, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+    from .tracking import start_run
+
+    run = None
+    try:
+        run = start_run(params, name)
+        main(params, run, args)
+    except ConfigError as err:
+        _fail(run, f"error: {err}", 2)
+    except PipelineError as err:
+        _fail(run, f"error: {err}", 1)
+    except KeyboardInterrupt:
+        _fail(run, "interrupted", 130)
+    except BaseException:
+        _end(run, "FAILED")
+        raise
+    _end(run, "FINISHED")
+
+
+def _fail(run: Any, message: str, code: int) -> None:
+    _end(run, "FAILED")
+    print(message, file=sys.stderr)
+    sys.exit(code)
+
+
+def _end(run: Any, status: str) -> None:
+    if run is not None:
+        try:
+            run.end(status)
+        except PipelineError as err:
+            print(f"error: {err}", file=sys.stderr)
+            if status == "FINISHED":
+                sys.exit(1)

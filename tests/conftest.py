@@ -1,0 +1,27 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COCO_TINY = REPO.parent / "shared" / "data" / "coco_tiny"
+
+
+@pytest.fixture
+def coco_tiny() -> Path:
+    if not (COCO_TINY / "annotations" / "instances_val2017.json").is_file():
+        pytest.skip(f"real COCO excerpt not found at {COCO_TINY} (it ships only beside the repo in ../shared)")
+    return COCO_TINY
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    """Environment for running `python -m stages.X` from another directory."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra)
+    return env
+
+
+PYTHON = sys.executable

@@ -1,0 +1,103 @@
+"""params.yaml parsing and validation: each invalid case fails a real stage with one clear line."""
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import config
+from tests.conftest import PYTHON, REPO, stage_env
+
+
+def default_raw() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_default_params_load_and_are_typed():
+    params = config.load(REPO / "params.yaml")
+    assert isinstance(params.loss.pos_iou, float)
+    assert params.model.backbone.depth in (18, 34, 50, 101, 152)
+    assert len(params.anchors.scales) == params.model.fpn.num_outs
+    with pytest.raises(Exception):
+        params.loss.pos_iou = 0.9  # frozen
+
+
+def test_overrides_are_parsed_as_yaml():
+    params = config.load(REPO / "params.yaml", ["loss.pos_iou=0.6", "data.categories=[person]"])
+    assert params.loss.pos_iou == 0.6
+    assert params.data.categories == ["person"]
+
+
+def test_override_without_equals_is_rejected():
+    with pytest.raises(config.ConfigError, match="key=value"):
+        config.load(REPO / "params.yaml", ["loss.pos_iou"])
+
+
+def test_flatten_gives_dotted_keys():
+    flat = config.flatten(config.load(REPO / "params.yaml"))
+    assert flat["loss.pos_iou"] == 0.5
+    assert "model.backbone.depth" in flat and "ablation.train.iterations" in flat
+
+
+def test_yolact_coco_preset_is_valid():
+    params = config.load(REPO / "configs" / "yolact550_r50_coco.yaml", ["data.source=synthetic"])
+    assert params.input.size == 550 and params.model.backbone.depth == 50
+    assert params.train.iterations == 800_000 and params.train.lr_steps == [280_000, 600_000, 700_000, 750_000]
+
+
+def _set(raw: dict, dotted: str, value):
+    node = raw
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+INVALID = [
+    # (dotted key to set, value, dotted key named in the error, fragment of the message)
+    ("loss.pos_iuo", 0.5, "loss.pos_iuo", "did you mean 'loss.pos_iou'"),
+    ("train.batch_size", "eight", "train.batch_size", "expected an integer"),
+    ("loss.pos_iou", 1.2, "loss.pos_iou", "must be in (0, 1)"),
+    ("loss.neg_iou", 0.0, "loss.neg_iou", "must be in (0, 1)"),
+    ("loss.neg_iou", 0.7, "loss.neg_iou", "must not exceed loss.pos_iou"),
+    ("loss.crowd_iou", 1.5, "loss.crowd_iou", "must be in (0, 1]"),
+    ("anchors.scales", [[24], [48], [96]], "anchors.scales", "one non-empty list per FPN level"),
+    ("anchors.scales", [[24], [], [96], [192], [384]], "anchors.scales", "one non-empty list per FPN level"),
+    ("anchors.scales", [[24], [48], [-96], [192], [384]], "anchors.scales", "must be positive"),
+    ("anchors.aspect_ratios", [1, 0, 2], "anchors.aspect_ratios", "positive"),
+    ("train.lr", 0, "train.lr", "must be positive"),
+    ("train.batch_size", -2, "train.batch_size", "must be positive"),
+    ("train.iterations", 0, "train.iterations", "must be positive"),
+    ("data.source", "coco", "data.root", "required when data.source is coco"),
+    ("data.root", "/nonexistent/coco", "data.root", "directory not found"),
+    ("model.backbone.depth", 42, "model.backbone.depth", "must be one of 18, 34, 50, 101, 152"),
+]
+
+
+@pytest.mark.parametrize("key,value,named,fragment", INVALID, ids=[f"{c[0]}={c[1]}" for c in INVALID])
+def test_invalid_params_fail_the_stage_cleanly(tmp_path: Path, key, value, named, fragment):
+    raw = default_raw()
+    _set(raw, key, value)
+    if key == "data.root":
+        _set(raw, "data.source", "coco")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    proc = subprocess.run(
+        [PYTHON, "-m", "stages.prepare"], cwd=tmp_path, env=stage_env(),
+        capture_output=True, text=True, timeout=120,
+    )
+
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert f"params: {named}:" in lines[0] and fragment in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no outputs, no mlflow.db
+
+
+def test_in_process_errors_name_the_dotted_key():
+    raw = default_raw()
+    raw["ablation"]["thresholds"] = [[0.5, 0.6]]
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict(raw) and config.validate(config.from_dict(raw))
+    assert err.value.key == "ablation.thresholds[0][1]"
