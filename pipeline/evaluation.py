@@ -21,6 +21,7 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
+from torchvision.ops import box_convert
 
 IouType = Literal["bbox", "segm"]
 IOU_TYPES: tuple[IouType, ...] = ("bbox", "segm")
@@ -37,8 +38,7 @@ def bbox_results(
     ``boxes [N, 4]`` pixel x1y1x2y2, ``scores [N]``, ``labels [N]`` 0-based;
     ``category_ids[label]`` is the dataset's category id of that label.
     """
-    xywh = boxes.detach().cpu().double()
-    xywh[:, 2:] -= xywh[:, :2]
+    xywh = box_convert(boxes.detach().cpu().double(), "xyxy", "xywh")
     return [
         {"image_id": image_id, "category_id": int(category_ids[label]), "bbox": box, "score": score}
         for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist())

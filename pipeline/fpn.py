@@ -43,6 +43,7 @@ class FPN(nn.Module):
             raise ValueError(f"start_level {start_level} / end_level {end_level} do not fit {len(in_channels)} inputs")
         if num_outs < end - start_level:
             raise ValueError(f"num_outs {num_outs} is fewer than the {end - start_level} selected inputs")
+        self.out_channels = out_channels
         self.start_level = start_level
         self.end_level = end
         self.num_outs = num_outs
@@ -70,9 +71,9 @@ class FPN(nn.Module):
     def forward(self, inputs: Sequence[Tensor]) -> list[Tensor]:
         """``inputs``: backbone maps, finest first -> ``num_outs`` maps ``[B, out_channels, H_l, W_l]``."""
         laterals = [conv(inputs[self.start_level + i]) for i, conv in enumerate(self.lateral_convs)]
+        upsample_args = {"align_corners": False} if self.upsample_mode == "bilinear" else {}
         for i in range(len(laterals) - 1, 0, -1):
             # Resize to the exact finer size: odd sizes (e.g. 69 -> 35) make a x2 factor wrong.
-            upsample_args = {"align_corners": False} if self.upsample_mode == "bilinear" else {}
             laterals[i - 1] = laterals[i - 1] + F.interpolate(
                 laterals[i], size=laterals[i - 1].shape[-2:], mode=self.upsample_mode, **upsample_args
             )

@@ -38,7 +38,7 @@ class Yolact(nn.Module):
             raise ValueError(f"{len(anchor_scales)} levels of anchor scales for {fpn.num_outs} FPN levels")
         self.backbone = backbone
         self.fpn = fpn
-        channels = fpn.lateral_convs[0].out_channels
+        channels = fpn.out_channels
         self.head = PredictionHead(
             channels, num_anchors_per_location(anchor_scales, aspect_ratios), num_classes, num_prototypes
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .config import ConfigError, Params, load
@@ -16,12 +17,27 @@ from .errors import PipelineError
 StageMain = Callable[[Params, Any, argparse.Namespace], None]
 
 
+@dataclass(frozen=True)
+class Tracking:
+    """Where a stage run is logged: its MLflow experiment (default ``mlflow.experiment``), name and tags."""
+
+    experiment: str | None = None
+    run_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+Derive = Callable[[Params, argparse.Namespace], tuple[Params, Tracking]]
+
+
 def run_stage(
     name: str,
     main: StageMain,
     configure: Callable[[argparse.ArgumentParser], None] | None = None,
     argv: list[str] | None = None,
+    derive: Derive | None = None,
 ) -> None:
+    """Run ``main(params, run, args)``; ``derive`` turns the loaded params and arguments into the
+    effective params of this run (e.g. one ablation cell) and where to log it, before tracking starts."""
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=main.__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument(
@@ -33,6 +49,7 @@ def run_stage(
     args = parser.parse_args(argv)
     try:
         params = load(args.params, args.overrides)
+        params, tracking = derive(params, args) if derive else (params, Tracking())
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -41,7 +58,7 @@ def run_stage(
 
     run = None
     try:
-        run = start_run(params, name)
+        run = start_run(params, tracking.run_name or name, tracking.experiment, tracking.tags)
         main(params, run, args)
     except ConfigError as err:
         _fail(run, f"error: {err}", 2)

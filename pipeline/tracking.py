@@ -149,7 +149,6 @@ def start_run(
     params: Params,
     stage: str,
     experiment: str | None = None,
-    run_name: str | None = None,
     tags: dict[str, Any] | None = None,
 ) -> Run:
     """Open a run with all params (dotted) and the standard tags; offline if the store is unreachable."""
@@ -161,7 +160,7 @@ def start_run(
     uri = resolve_tracking_uri(settings.tracking_uri)
     experiment = experiment or settings.experiment
     try:
-        client, run_id = _create_run(uri, experiment, run_name or stage)
+        client, run_id = _create_run(uri, experiment, stage)
     except Exception as err:
         if settings.required:
             raise PipelineError(

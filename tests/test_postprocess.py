@@ -101,8 +101,8 @@ EVAL_ARGS = dict(
 
 
 def test_detect_thresholds_sorts_and_assembles_cropped_masks():
-    # Priors (cx, cy, w, h): two overlapping ones (IoU 0.6 after decoding) and a separate one.
-    priors = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.3, 0.25, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]])
+    # Priors (cx, cy, w, h): two overlapping ones (IoU 2/3 after decoding) and a separate one.
+    priors = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.35, 0.25, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]])
     logit = lambda p: math.log(p / (1 - p))  # noqa: E731
     class_logits = torch.tensor(
         [[logit(0.9), logit(0.01)], [logit(0.8), logit(0.01)], [logit(0.01), logit(0.6)]]
@@ -153,7 +153,8 @@ def test_crop_masks_keeps_pixels_the_box_touches():
 
 
 def test_to_image_maps_low_res_box_mask_to_pixel_region():
-    # A 10x10 prototype-resolution mask covering exactly the box's cells (cols 2..5, rows 3..7).
+    # A 10x10 prototype-resolution mask covering exactly the box's cells (cols 2..5, rows 3..7),
+    # at 100x200 pixels: the box is columns 40..119, rows 30..79.
     box = torch.tensor([[0.2, 0.3, 0.6, 0.8]])
     low_res = torch.zeros(1, 10, 10)
     low_res[0, 3:8, 2:6] = 0.97
@@ -161,11 +162,16 @@ def test_to_image_maps_low_res_box_mask_to_pixel_region():
     out = to_image(det, orig_h=100, orig_w=200, mask_threshold=0.5)
 
     torch.testing.assert_close(out["boxes"], torch.tensor([[40.0, 30.0, 120.0, 80.0]]))
-    expected = torch.zeros(1, 100, 200, dtype=torch.bool)
-    expected[0, 30:80, 40:120] = True
-    assert out["masks"].dtype == torch.bool
-    assert torch.equal(out["masks"], expected)
     assert out["labels"].tolist() == [2] and out["scores"].tolist() == pytest.approx([0.8])
+    mask = out["masks"][0]
+    assert mask.dtype == torch.bool and mask.shape == (100, 200)
+    region = torch.zeros(100, 200, dtype=torch.bool)
+    region[30:80, 40:120] = True
+    assert not (mask & ~region).any()
+    # Edges land on the right pixels; only the corners are rounded by bilinear resizing.
+    assert mask[55].nonzero().squeeze(1).tolist() == list(range(40, 120))
+    assert mask[:, 80].nonzero().squeeze(1).tolist() == list(range(30, 80))
+    assert mask.sum() / region.sum() > 0.97
 
 
 def test_to_image_crops_upsampled_mask_to_box():

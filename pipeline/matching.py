@@ -1,0 +1,204 @@
+"""Prior-to-ground-truth matching (YOLACT's ``match()``), one image or a padded batch at once.
+
+Semantics, per image with ``G`` ground-truth boxes and ``P`` priors:
+
+1. IoU of every GT box with every prior in point form; each prior takes its best GT.
+2. Force-match, repeated ``G`` times: the (GT, prior) pair with the highest remaining IoU (ties: the
+   lowest GT index, then the lowest prior index, as ``Tensor.max`` picks them) is assigned with
+   overlap 2, then that GT's row and that prior's column leave the matrix.
+3. ``label + 1`` where overlap >= ``pos_iou``, neutral ``-1`` below it, background ``0`` below ``neg_iou``.
+4. A prior that is not positive and lies more than ``crowd_iou`` inside a crowd box
+   (intersection over the prior's area) becomes neutral.
+5. Box targets: :func:`pipeline.boxes.encode` of the matched GT box.
+
+The batched implementation computes IoU only for (GT, tile of priors) pairs whose bounding boxes
+overlap (every other IoU is exactly 0), and resolves the force-match in rounds: all GTs whose best
+priors are distinct are assigned at once, and only the GTs that lost their prior are re-examined.
+The result is identical to the sequential loop (``tests/reference_match.py``).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from pipeline.boxes import box_ioa, elementwise_box_iou, encode, point_form
+
+# Consecutive priors (same level, neighbouring cells) grouped for the overlap test.
+_TILE = 32
+
+
+def match(
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    priors: Tensor,
+    pos_iou: float,
+    neg_iou: float,
+    crowd_boxes: Optional[Tensor] = None,
+    crowd_iou: float = 0.7,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Match one image's GTs ``[G, 4]`` (normalised xyxy, labels ``[G]`` 0-based) to ``priors [P, 4]`` (cxcywh).
+
+    Returns ``conf_t [P]`` long (-1 neutral, 0 background, label + 1 positive), ``matched_idx [P]``
+    long (index into ``gt_boxes``; 0 where there is no GT) and ``loc_t [P, 4]`` (encoded targets;
+    zeros where there is no GT). ``crowd_boxes [K, 4]`` may be None.
+    """
+    conf_t, matched_idx, loc_t = match_batch(
+        [gt_boxes], [gt_labels], priors, pos_iou, neg_iou, [crowd_boxes], crowd_iou
+    )
+    return conf_t[0], matched_idx[0], loc_t[0]
+
+
+def match_batch(
+    gt_boxes_list: Sequence[Tensor],
+    gt_labels_list: Sequence[Tensor],
+    priors: Tensor,
+    pos_iou: float,
+    neg_iou: float,
+    crowd_boxes_list: Optional[Sequence[Optional[Tensor]]] = None,
+    crowd_iou: float = 0.7,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`match` for ``B`` images at once -> ``conf_t [B, P]``, ``matched_idx [B, P]``, ``loc_t [B, P, 4]``."""
+    priors = priors.float()
+    prior_boxes = point_form(priors)
+    num_priors = priors.shape[0]
+    batch = len(gt_boxes_list)
+    device = priors.device
+    counts = [len(boxes) for boxes in gt_boxes_list]
+    if max(counts, default=0) > num_priors:
+        raise ValueError(f"more ground-truth boxes ({max(counts)}) than priors ({num_priors})")
+
+    gt_boxes, valid = _pad([boxes.float() for boxes in gt_boxes_list], device)
+    gt_labels, _ = _pad([labels.long() for labels in gt_labels_list], device)
+    has_gt = valid.any(1)
+
+    if gt_boxes.shape[1] > 0:
+        overlap, matched_idx, gt_best, gt_best_prior = _overlap_summaries(gt_boxes, valid, prior_boxes)
+        _force_match(overlap, matched_idx, gt_best, gt_best_prior, gt_boxes, valid, prior_boxes)
+        conf_t = gt_labels.gather(1, matched_idx) + 1
+        conf_t[overlap < pos_iou] = -1
+        conf_t[overlap < neg_iou] = 0
+        matched = gt_boxes.gather(1, matched_idx[..., None].expand(-1, -1, 4))
+        loc_t = encode(matched, priors)
+    else:
+        conf_t = torch.zeros(batch, num_priors, dtype=torch.long, device=device)
+        matched_idx = torch.zeros_like(conf_t)
+        loc_t = torch.zeros(batch, num_priors, 4, device=device)
+    conf_t[~has_gt] = 0
+    loc_t[~has_gt] = 0
+
+    if crowd_boxes_list is not None:
+        crowds, crowd_valid = _pad(
+            [torch.zeros(0, 4) if c is None else c.float() for c in crowd_boxes_list], device
+        )
+        if crowds.shape[1] > 0:
+            inside = torch.stack([box_ioa(prior_boxes, c) for c in crowds])  # [B, P, K]
+            inside = inside.masked_fill(~crowd_valid[:, None, :], 0.0).amax(2)
+            conf_t[(conf_t <= 0) & (inside > crowd_iou)] = -1
+    return conf_t, matched_idx, loc_t
+
+
+def _pad(tensors: Sequence[Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Stack ``[N_i, ...]`` tensors into ``[B, max N_i, ...]`` with zeros, and the ``[B, max N_i]`` validity mask."""
+    longest = max((len(t) for t in tensors), default=0)
+    out = tensors[0].new_zeros((len(tensors), longest, *tensors[0].shape[1:])).to(device)
+    valid = torch.zeros(len(tensors), longest, dtype=torch.bool, device=device)
+    for i, t in enumerate(tensors):
+        out[i, : len(t)] = t
+        valid[i, : len(t)] = True
+    return out, valid
+
+
+def _overlap_summaries(
+    gt_boxes: Tensor, valid: Tensor, prior_boxes: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Row and column maxima of the ``[B, G, P]`` IoU matrix without materialising it.
+
+    Returns each prior's best IoU and GT ``[B, P]`` and each GT's best IoU and prior ``[B, G]``, with
+    ``Tensor.max``'s tie rule (first index; all-zero rows/columns give index 0).
+    """
+    batch, num_gt, _ = gt_boxes.shape
+    num_priors = len(prior_boxes)
+    num_tiles = -(-num_priors // _TILE)
+    # Pad with copies of the last prior: they never change a maximum, and lose its ties.
+    padded = torch.cat([prior_boxes, prior_boxes[-1:].expand(num_tiles * _TILE - num_priors, 4)])
+    tiles = padded.view(num_tiles, _TILE, 4)
+    tile_lo = tiles[..., :2].amin(1)
+    tile_hi = tiles[..., 2:].amax(1)
+
+    # IoU > 0 needs the GT to overlap the tile's bounding box.
+    hits = (
+        (gt_boxes[:, :, None, :2] < tile_hi).all(-1) & (gt_boxes[:, :, None, 2:] > tile_lo).all(-1)
+    ) & valid[:, :, None]
+    img, tile, gt = hits.permute(0, 2, 1).nonzero(as_tuple=True)  # sorted by image, tile, GT
+    iou = elementwise_box_iou(gt_boxes[img, gt][:, None, :], tiles[tile])  # [N, _TILE]
+
+    # Column maxima: per (image, prior), the best IoU, then the lowest GT index reaching it.
+    segment = (img * num_tiles + tile)[:, None].expand(-1, _TILE)
+    best = iou.new_zeros(batch * num_tiles, _TILE).scatter_reduce_(0, segment, iou, "amax")
+    gt_if_best = torch.where(iou == best[segment[:, 0]], gt[:, None].to(iou.dtype), float("inf"))
+    first_gt = torch.full_like(best, float("inf")).scatter_reduce_(0, segment, gt_if_best, "amin")
+    overlap = best.view(batch, -1)[:, :num_priors]
+    matched_idx = torch.where(best > 0, first_gt, 0).long().view(batch, -1)[:, :num_priors]
+
+    # Row maxima: per (image, GT), the best IoU, then the lowest prior index reaching it.
+    tile_best, offset = iou.max(1)
+    row = img * num_gt + gt
+    gt_best = iou.new_zeros(batch * num_gt).scatter_reduce_(0, row, tile_best, "amax")
+    prior_index = (tile * _TILE + offset).double()
+    prior_if_best = torch.where(tile_best == gt_best[row], prior_index, float("inf"))
+    first_prior = torch.full_like(gt_best, float("inf"), dtype=torch.double)
+    first_prior.scatter_reduce_(0, row, prior_if_best, "amin")
+    gt_best_prior = torch.where(gt_best > 0, first_prior, 0).long()
+    return (
+        overlap.contiguous(),
+        matched_idx.contiguous(),
+        gt_best.view(batch, num_gt),
+        gt_best_prior.view(batch, num_gt),
+    )
+
+
+def _force_match(
+    overlap: Tensor,
+    matched_idx: Tensor,
+    gt_best: Tensor,
+    gt_best_prior: Tensor,
+    gt_boxes: Tensor,
+    valid: Tensor,
+    prior_boxes: Tensor,
+) -> None:
+    """Give every GT its best remaining prior, in the sequential loop's order; updates ``overlap``/``matched_idx``.
+
+    The loop always takes the GT with the highest current row maximum. Ranking the GTs by
+    (row maximum desc, index asc), every GT before the first one whose best prior repeats an earlier
+    GT's best prior is assigned exactly as the loop would (removing another GT's column cannot raise a
+    row maximum, and does not touch the rows that still have their argmax). Those are assigned in one
+    step; GTs that lost their prior get their row maximum recomputed over the remaining priors.
+    """
+    batch, num_gt = valid.shape
+    active = valid.clone()
+    taken = torch.zeros_like(overlap, dtype=torch.bool)
+    earlier = torch.ones(num_gt, num_gt, dtype=torch.bool, device=valid.device).tril(-1)
+    positions = torch.arange(num_gt, device=valid.device)
+    while active.any():
+        score = gt_best.masked_fill(~active, -float("inf"))
+        order = score.sort(dim=1, descending=True, stable=True).indices
+        prior = gt_best_prior.gather(1, order)
+        live = active.gather(1, order)
+        repeats = (prior[:, :, None] == prior[:, None, :]) & live[:, :, None] & live[:, None, :] & earlier
+        repeated = repeats.any(2)
+        stop = torch.where(repeated.any(1), repeated.int().argmax(1), num_gt)
+        assign = live & (positions < stop[:, None])
+
+        img, rank = assign.nonzero(as_tuple=True)
+        gt, column = order[img, rank], prior[img, rank]
+        overlap[img, column] = 2.0
+        matched_idx[img, column] = gt
+        taken[img, column] = True
+        active[img, gt] = False
+
+        img, gt = (active & taken.gather(1, gt_best_prior)).nonzero(as_tuple=True)
+        if len(img):
+            rows = elementwise_box_iou(gt_boxes[img, gt][:, None, :], prior_boxes)
+            gt_best[img, gt], gt_best_prior[img, gt] = rows.masked_fill(taken[img], -1.0).max(1)

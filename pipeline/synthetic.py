@@ -1,0 +1,268 @@
+"""An embedded COCO-format dataset of shapes, deterministic from a seed.
+
+Each image has a textured background (gradient, stripes or colour blobs), unannotated distractors
+(lines, arcs, irregular blobs) and ``min_objects..max_objects`` annotated shapes whose class is given
+by their outline only (colours are random). Later objects occlude earlier ones; an annotation holds the
+visible part only, and a placement that would leave an earlier object less than half visible is
+rejected, so no instance ends up almost fully occluded. Some images get one ``iscrowd`` region: a
+cluster of small shapes of one class stored as uncompressed RLE, as COCO stores crowds.
+
+The output is the exact COCO layout (``annotations/instances_<split>.json`` and ``<split>/*.png``),
+read back by :mod:`pipeline.coco` like real COCO. Every image draws from its own generator seeded by
+``(seed, split, index)``, so files are byte-identical across runs and independent of the split sizes.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+
+from .config import SyntheticParams
+
+CATEGORIES = [
+    {"id": 1, "name": "circle", "supercategory": "shape"},
+    {"id": 2, "name": "square", "supercategory": "shape"},
+    {"id": 3, "name": "triangle", "supercategory": "shape"},
+    {"id": 4, "name": "star", "supercategory": "shape"},
+    {"id": 5, "name": "ring", "supercategory": "shape"},
+    {"id": 6, "name": "cross", "supercategory": "shape"},
+]
+SPLITS = {"train": 0, "val": 1}
+
+MIN_RADIUS = 11.0  # circumradius in pixels; smaller shapes are hard to tell apart at 160 px
+MIN_VISIBLE = 0.5  # fraction of its full area every object keeps after later objects are drawn
+MIN_COLOUR_DISTANCE = 80.0  # RGB distance between an object and the background under it
+PLACEMENT_TRIES = 12
+
+
+@dataclass
+class Instance:
+    category_id: int
+    mask: np.ndarray  # bool [H, W], the full (unoccluded) shape
+    iscrowd: bool = False
+
+
+def generate(root: str | Path, params: SyntheticParams, seed: int) -> None:
+    """Write the train and val splits under ``root`` in the COCO layout."""
+    root = Path(root)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for split, num_images in (("train", params.train_images), ("val", params.val_images)):
+        image_dir = root / split
+        image_dir.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for index in range(num_images):
+            rng = np.random.default_rng([seed, SPLITS[split], index])
+            pixels, visible = render_image(
+                rng, params.width, params.height, params.min_objects, params.max_objects, params.crowd_prob
+            )
+            image_id = index + 1
+            file_name = f"{image_id:06d}.png"
+            Image.fromarray(pixels).save(image_dir / file_name, format="PNG")
+            images.append({"id": image_id, "file_name": file_name, "width": params.width, "height": params.height})
+            for instance in visible:
+                annotations.append(_annotation(len(annotations) + 1, image_id, instance))
+        dataset = {
+            "info": {"description": "synthetic shapes (pipeline.synthetic)", "seed": seed, "split": split},
+            "images": images,
+            "annotations": annotations,
+            "categories": CATEGORIES,
+        }
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(dataset))
+
+
+def render_image(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    min_objects: int,
+    max_objects: int,
+    crowd_prob: float,
+) -> tuple[np.ndarray, list[Instance]]:
+    """One image ``uint8 [H, W, 3]`` and its instances with *visible* masks, in drawing order."""
+    canvas = _background(rng, width, height)
+    for _ in range(rng.integers(0, 4)):
+        _draw_distractor(rng, canvas)
+
+    placed: list[Instance] = []
+    if rng.random() < crowd_prob:
+        crowd = _crowd_region(rng, width, height)
+        if crowd is not None:
+            placed.append(crowd)
+            _paint(rng, canvas, crowd.mask)
+    for _ in range(rng.integers(min_objects, max_objects + 1)):
+        instance = _place_object(rng, width, height, placed)
+        if instance is not None:
+            placed.append(instance)
+            _paint(rng, canvas, instance.mask)
+
+    visible = []
+    covered = np.zeros((height, width), dtype=bool)
+    for instance in reversed(placed):
+        visible.append(Instance(instance.category_id, instance.mask & ~covered, instance.iscrowd))
+        covered |= instance.mask
+    return np.asarray(canvas), visible[::-1]
+
+
+def shape_mask(category_id: int, cx: float, cy: float, radius: float, angle: float, size: tuple[int, int]) -> np.ndarray:
+    """Bool mask ``[H, W]`` of one shape with circumradius ``radius`` (pixels) rotated by ``angle``."""
+    width, height = size
+    image = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(image)
+    name = CATEGORIES[category_id - 1]["name"]
+    if name in ("circle", "ring"):
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=1)
+        if name == "ring":
+            inner = 0.55 * radius
+            draw.ellipse([cx - inner, cy - inner, cx + inner, cy + inner], fill=0)
+    else:
+        draw.polygon(_outline(name, cx, cy, radius, angle), fill=1)
+    return np.asarray(image, dtype=bool)
+
+
+def rle_uncompressed(mask: np.ndarray) -> dict:
+    """COCO's uncompressed RLE of a bool mask ``[H, W]``: column-major run lengths, starting with zeros."""
+    flat = mask.flatten(order="F").astype(np.int8)
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    counts = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    if flat.size and flat[0]:
+        counts = [0] + counts
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+
+
+def _outline(name: str, cx: float, cy: float, radius: float, angle: float) -> list[tuple[float, float]]:
+    if name == "square":
+        polar = [(radius, angle + math.pi / 4 + k * math.pi / 2) for k in range(4)]
+    elif name == "triangle":
+        polar = [(radius, angle + k * 2 * math.pi / 3) for k in range(3)]
+    elif name == "star":
+        polar = [(radius if k % 2 == 0 else 0.42 * radius, angle + k * math.pi / 5) for k in range(10)]
+    elif name == "cross":
+        # A plus sign: arms of half-width 0.3 R reaching R from the centre.
+        a, r = 0.3 * radius, radius
+        corners = [(a, r), (a, a), (r, a), (r, -a), (a, -a), (a, -r), (-a, -r), (-a, -a), (-r, -a), (-r, a), (-a, a), (-a, r)]
+        polar = [(math.hypot(x, y), math.atan2(y, x) + angle) for x, y in corners]
+    else:
+        raise ValueError(f"no outline for {name}")
+    return [(cx + r * math.cos(t), cy + r * math.sin(t)) for r, t in polar]
+
+
+def _place_object(rng: np.random.Generator, width: int, height: int, placed: list[Instance]) -> Instance | None:
+    """A random shape that leaves every earlier instance at least MIN_VISIBLE visible, or None."""
+    max_radius = min(width, height) / 2
+    for _ in range(PLACEMENT_TRIES):
+        category_id = int(rng.integers(1, len(CATEGORIES) + 1))
+        radius = float(np.exp(rng.uniform(math.log(MIN_RADIUS), math.log(max_radius))))
+        cx = rng.uniform(radius, width - radius)
+        cy = rng.uniform(radius, height - radius)
+        mask = shape_mask(category_id, cx, cy, radius, rng.uniform(0, 2 * math.pi), (width, height))
+        if _keeps_others_visible(mask, placed):
+            return Instance(category_id, mask)
+    return None
+
+
+def _crowd_region(rng: np.random.Generator, width: int, height: int) -> Instance | None:
+    """A cluster of 6-12 small shapes of one class, annotated as one crowd region."""
+    category_id = int(rng.integers(1, len(CATEGORIES) + 1))
+    region_w = rng.uniform(0.25, 0.45) * width
+    region_h = rng.uniform(0.25, 0.45) * height
+    x0, y0 = rng.uniform(0, width - region_w), rng.uniform(0, height - region_h)
+    mask = np.zeros((height, width), dtype=bool)
+    for _ in range(rng.integers(6, 13)):
+        radius = rng.uniform(3.5, 6.5)
+        cx = rng.uniform(x0 + radius, x0 + region_w - radius)
+        cy = rng.uniform(y0 + radius, y0 + region_h - radius)
+        mask |= shape_mask(category_id, cx, cy, radius, rng.uniform(0, 2 * math.pi), (width, height))
+    return Instance(category_id, mask, iscrowd=True) if mask.any() else None
+
+
+def _keeps_others_visible(mask: np.ndarray, placed: list[Instance]) -> bool:
+    if not mask.any():
+        return False
+    covered = mask.copy()
+    for instance in reversed(placed):
+        full = instance.mask.sum()
+        if (instance.mask & ~covered).sum() < MIN_VISIBLE * full:
+            return False
+        covered |= instance.mask
+    return True
+
+
+def _background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    kind = rng.integers(0, 3)
+    if kind == 0:  # linear gradient between two colours
+        theta = rng.uniform(0, 2 * math.pi)
+        t = xs * math.cos(theta) + ys * math.sin(theta)
+        t = ((t - t.min()) / max(float(np.ptp(t)), 1.0))[..., None]
+        a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        pixels = a * (1 - t) + b * t
+    elif kind == 1:  # sinusoidal stripes on a base colour
+        theta = rng.uniform(0, math.pi)
+        period = rng.uniform(6, 24)
+        wave = np.sin(2 * math.pi * (xs * math.cos(theta) + ys * math.sin(theta)) / period)[..., None]
+        pixels = rng.uniform(40, 215, 3) + rng.uniform(15, 35) * wave * rng.choice([-1, 1], 3)
+    else:  # smooth colour blobs: a coarse random grid upsampled
+        grid = rng.uniform(0, 255, (int(rng.integers(2, 5)), int(rng.integers(2, 5)), 3)).astype(np.uint8)
+        pixels = np.asarray(Image.fromarray(grid).resize((width, height), Image.BICUBIC), dtype=np.float32)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _draw_distractor(rng: np.random.Generator, canvas: Image.Image) -> None:
+    draw = ImageDraw.Draw(canvas)
+    width, height = canvas.size
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    kind = rng.integers(0, 3)
+    if kind == 0:
+        points = [(float(rng.uniform(0, width)), float(rng.uniform(0, height))) for _ in range(2)]
+        draw.line(points, fill=colour, width=int(rng.integers(1, 4)))
+    elif kind == 1:
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(8, 30)
+        start = float(rng.uniform(0, 360))
+        draw.arc([cx - r, cy - r, cx + r, cy + r], start, start + float(rng.uniform(60, 200)), fill=colour, width=2)
+    else:
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(6, 18)
+        n = int(rng.integers(6, 10))
+        angles = np.sort(rng.uniform(0, 2 * math.pi, n))
+        radii = r * rng.uniform(0.3, 1.0, n)
+        draw.polygon([(cx + q * math.cos(t), cy + q * math.sin(t)) for q, t in zip(radii, angles)], fill=colour)
+
+
+def _paint(rng: np.random.Generator, canvas: Image.Image, mask: np.ndarray) -> None:
+    """Fill ``mask`` with a random colour far from the background under it, lightly shaded."""
+    pixels = np.asarray(canvas, dtype=np.float32)
+    under = pixels[mask].mean(axis=0)
+    for _ in range(10):
+        colour = rng.uniform(0, 255, 3)
+        if np.linalg.norm(colour - under) >= MIN_COLOUR_DISTANCE:
+            break
+    ys, xs = np.nonzero(mask)
+    theta = rng.uniform(0, 2 * math.pi)
+    t = xs * math.cos(theta) + ys * math.sin(theta)
+    shade = 1 + 0.15 * ((t - t.min()) / max(float(np.ptp(t)), 1.0) - 0.5)
+    pixels[ys, xs] = np.clip(colour * shade[:, None], 0, 255)
+    canvas.paste(Image.fromarray(pixels.astype(np.uint8)))
+
+
+def _annotation(annotation_id: int, image_id: int, instance: Instance) -> dict:
+    mask = instance.mask
+    if instance.iscrowd:
+        segmentation = rle_uncompressed(mask)
+    else:
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        segmentation = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+    ys, xs = np.nonzero(mask)
+    x0, y0 = int(xs.min()), int(ys.min())
+    return {
+        "id": annotation_id,
+        "image_id": image_id,
+        "category_id": instance.category_id,
+        "segmentation": segmentation,
+        "area": int(mask.sum()),
+        "bbox": [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0],
+        "iscrowd": int(instance.iscrowd),
+    }
