@@ -16,7 +16,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -24,13 +24,14 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from .errors import PipelineError
-from .io import atomic_file, atomic_write_json
+from .io import atomic_file, atomic_write_json, atomic_write_text
 
 ROLES = ("train", "val")
 SMALL_AREA = 32**2  # COCO size buckets, by annotation area in original pixels
 LARGE_AREA = 96**2
 MIN_BOX_SIDE = 1.0  # pixels; thinner boxes carry no usable signal and break IoU matching
 _VERIFY_CHUNK = 64
+DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF")  # what torchvision.io.decode_image reads
 
 
 @dataclass
@@ -75,8 +76,9 @@ def prepare(
     """
     raw = {role: read_annotations(root / "annotations" / f"instances_{splits[role]}.json") for role in ROLES}
     kept = select_categories(raw["train"]["categories"], categories)
+    val_ids = {c.get("id") for c in raw["val"]["categories"] if isinstance(c, dict)}
     for category in kept:
-        if category["id"] not in {c.get("id") for c in raw["val"]["categories"]}:
+        if category["id"] not in val_ids:
             raise PipelineError(
                 f"category {category['name']!r} (id {category['id']}) is missing from split {splits['val']}"
             )
@@ -95,11 +97,11 @@ def prepare(
         )
         out = out_dir.resolve()
         image_dirs[role] = str(image_dir.relative_to(out)) if image_dir.is_relative_to(out) else str(image_dir)
-        atomic_write_json(out_dir / f"{role}.json", cleaned[role].dataset)
+        # Compact: the full COCO train json would more than double with indentation.
+        atomic_write_text(out_dir / f"{role}.json", json.dumps(cleaned[role].dataset, separators=(",", ":")))
     atomic_write_json(out_dir / "labels.json", label_map(kept))
     atomic_write_json(out_dir / "image_dirs.json", image_dirs)
     return {
-        "root": str(root),
         "splits": dict(splits),
         "categories": [c["name"] for c in kept],
         "roles": {role: summarize(cleaned[role], kept) for role in ROLES},
@@ -123,6 +125,9 @@ def read_annotations(path: Path) -> dict[str, Any]:
 
 def select_categories(categories: list[dict[str, Any]], names: Optional[Sequence[str]]) -> list[dict[str, Any]]:
     """The categories to keep, sorted by category id; ``names=None`` keeps all."""
+    for category in categories:
+        if not (isinstance(category, dict) and isinstance(category.get("id"), int) and isinstance(category.get("name"), str)):
+            raise PipelineError(f"malformed category entry {category!r}: needs an integer 'id' and a 'name'")
     by_id = sorted(
         ({"id": c["id"], "name": c["name"], "supercategory": c.get("supercategory", "")} for c in categories),
         key=lambda c: c["id"],
@@ -167,7 +172,7 @@ def clean_split(
     """
     result = CleanSplit(dataset={})
     kept_ids = {c["id"] for c in categories}
-    known_ids = {c.get("id") for c in dataset["categories"]}
+    known_ids = {c.get("id") for c in dataset["categories"] if isinstance(c, dict)}
 
     images: dict[int, dict[str, Any]] = {}
     for image in dataset["images"]:
@@ -180,10 +185,11 @@ def clean_split(
     annotations_of: dict[int, list[dict[str, Any]]] = {image_id: [] for image_id in images}
     seen_ids: set[Any] = set()
     for ann in dataset["annotations"]:
-        if isinstance(ann, dict) and ann.get("category_id") in known_ids and ann.get("category_id") not in kept_ids:
+        category_id, image_id = (ann.get("category_id"), ann.get("image_id")) if isinstance(ann, dict) else (None, None)
+        if isinstance(category_id, int) and category_id in known_ids and category_id not in kept_ids:
             result.other_category_annotations += 1
             continue
-        image = images.get(ann.get("image_id")) if isinstance(ann, dict) else None
+        image = images.get(image_id) if isinstance(image_id, int) else None
         cleaned, drop, fixes = clean_annotation(ann, image, known_ids, seen_ids)
         if drop is not None:
             _drop_annotation(result, ann, drop, strict, source)
@@ -201,23 +207,17 @@ def clean_split(
             result.skipped_empty_images += 1
 
     selected = []
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for start in range(0, len(candidates), _VERIFY_CHUNK):
-            chunk = candidates[start : start + _VERIFY_CHUNK]
-            paths = [image_dir / image["file_name"] for image in chunk]
-            for image, (mode, drop) in zip(chunk, pool.map(check_image, paths, chunk)):
-                if drop is not None:
-                    _drop_image(result, image, drop, strict, source, path=image_dir / image["file_name"])
-                    continue
-                result.image_modes[mode] += 1
-                selected.append(image)
-                if max_images is not None and len(selected) == max_images:
-                    break
-            if max_images is not None and len(selected) == max_images:
-                break
+    for image, mode, drop in _verified_images(candidates, image_dir):
+        if drop is not None:
+            _drop_image(result, image, drop, strict, source, path=image_dir / image["file_name"])
+            continue
+        result.image_modes[mode] += 1
+        selected.append(image)
+        if max_images is not None and len(selected) == max_images:
+            break
 
     result.dataset = {
-        "info": {**dataset.get("info", {}), "prepared_from": source},
+        "info": dataset.get("info", {}),
         "images": selected,
         "annotations": [a for image in selected for a in annotations_of[image["id"]]],
         "categories": categories,
@@ -225,8 +225,22 @@ def clean_split(
     return result
 
 
+def _verified_images(
+    images: list[dict[str, Any]], image_dir: Path
+) -> Iterator[tuple[dict[str, Any], Optional[str], Optional[Drop]]]:
+    """``(image, mode, drop)`` in order, checked by a thread pool a chunk at a time so that a
+    ``max_images`` subset opens only about the images it keeps."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(images), _VERIFY_CHUNK):
+            chunk = images[start : start + _VERIFY_CHUNK]
+            paths = [image_dir / image["file_name"] for image in chunk]
+            for image, (mode, drop) in zip(chunk, pool.map(check_image, paths, chunk)):
+                yield image, mode, drop
+
+
 def check_image(path: Path, image: dict[str, Any]) -> tuple[Optional[str], Optional[Drop]]:
-    """``(PIL mode, None)`` if ``path`` decodes and has the json's size, else ``(None, Drop)``.
+    """``(PIL mode, None)`` if ``path`` decodes, in a format the loader reads, and has the json's
+    size, else ``(None, Drop)``.
 
     JPEGs are decoded at 1/8 scale (PIL's draft mode): cheap, yet it reads the whole entropy-coded
     stream, so truncated files are caught here rather than in the training loop.
@@ -234,6 +248,8 @@ def check_image(path: Path, image: dict[str, Any]) -> tuple[Optional[str], Optio
     try:
         with Image.open(path) as im:
             size, mode = im.size, im.mode
+            if im.format not in DECODABLE_FORMATS:
+                return None, Drop("unsupported_format", f"{path}: {im.format} (readable: {', '.join(DECODABLE_FORMATS)})")
             im.draft(mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
             im.load()
     except FileNotFoundError:
@@ -260,8 +276,11 @@ def clean_annotation(
     """
     if not isinstance(ann, dict):
         return None, Drop("malformed", "not an object"), ()
-    if not isinstance(ann.get("id"), int) or ann["id"] in seen_ids:
-        return None, Drop("malformed", f"missing or duplicate id {ann.get('id')!r}"), ()
+    for key in ("id", "image_id", "category_id"):
+        if not isinstance(ann.get(key), int) or isinstance(ann.get(key), bool):
+            return None, Drop("malformed", f"'{key}' missing or not an integer: {ann.get(key)!r}"), ()
+    if ann["id"] in seen_ids:
+        return None, Drop("malformed", f"duplicate annotation id {ann['id']}"), ()
     if ann.get("category_id") not in category_ids:
         return None, Drop("malformed", f"unknown category_id {ann.get('category_id')!r}"), ()
     if ann.get("iscrowd", 0) not in (0, 1):
@@ -445,8 +464,8 @@ def plot_box_sizes(
 ) -> None:
     """Histogram of GT box scales at ``input_size`` per role, with the anchor scales drawn over it."""
     scales = {role: box_scales(dataset, input_size) for role, dataset in datasets.items()}
-    largest = max([input_size, *(max(level) for level in anchor_scales), *(s.max() for s in scales.values() if s.size)])
-    bins = np.geomspace(1, largest * 1.2, 40)
+    everything = [*(s for level in anchor_scales for s in level), *(v for s in scales.values() for v in s)]
+    bins = np.geomspace(max(1.0, min(everything) / 1.5), max(everything) * 1.5, 40)
     fig = Figure(figsize=(7, 4), dpi=120)
     ax = fig.add_subplot()
     for role, values in scales.items():

@@ -118,7 +118,10 @@ class CocoEvaluation:
 
     def pr_curve(self, iou: float) -> tuple[np.ndarray, np.ndarray]:
         """``(recall [R], precision [R])`` at IoU threshold ``iou``, averaged over the categories with ground truth."""
-        (t,) = np.flatnonzero(np.isclose(self.iou_thresholds, iou))
+        matches = np.flatnonzero(np.isclose(self.iou_thresholds, iou))
+        if matches.size != 1:
+            raise ValueError(f"IoU {iou} is not one of COCOeval's thresholds {self.iou_thresholds.tolist()}")
+        t = matches[0]
         precision = self.precision[t, :, :, 0, -1]
         has_gt = (precision > -1).all(axis=0)
         mean = precision[:, has_gt].mean(axis=1) if has_gt.any() else np.full(len(self.recall_thresholds), np.nan)
@@ -189,13 +192,15 @@ def detail_metrics(evaluations: Mapping[str, CocoEvaluation]) -> dict[str, dict[
     return {iou_type: evaluation.detail for iou_type, evaluation in evaluations.items()}
 
 
-def per_class_ap_table(evaluations: Mapping[str, CocoEvaluation], category_names: Mapping[int, str]) -> pd.DataFrame:
-    """One row per category: ``category`` (name) and ``<iou_type>_AP`` for each evaluation (NaN without ground truth)."""
-    category_ids = list(category_names)
-    table = pd.DataFrame({"category": [category_names[c] for c in category_ids]})
+def per_class_ap_table(evaluations: Mapping[str, CocoEvaluation], names: Mapping[int, str]) -> pd.DataFrame:
+    """One row per category of ``names`` (id -> name): ``category`` and ``<iou_type>_AP`` per evaluation.
+
+    An AP is NaN for a category without ground truth.
+    """
+    table = pd.DataFrame({"category": list(names.values())})
     for iou_type, evaluation in evaluations.items():
         aps = evaluation.per_class_ap()
-        table[f"{iou_type}_AP"] = [aps.get(c, float("nan")) for c in category_ids]
+        table[f"{iou_type}_AP"] = [aps.get(c, float("nan")) for c in names]
     return table
 
 

@@ -18,15 +18,18 @@ The result is identical to the sequential loop (``tests/reference_match.py``).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from pipeline.boxes import box_ioa, elementwise_box_iou, encode, point_form
+from pipeline.boxes import box_ioa, coords_iou, encode, point_form
 
 # Consecutive priors (same level, neighbouring cells) grouped for the overlap test.
 _TILE = 32
+# Elements per dense IoU block (4 workspaces of this size).
+_CHUNK = 1 << 18
 
 
 def match(
@@ -93,8 +96,7 @@ def match_batch(
             [torch.zeros(0, 4) if c is None else c.float() for c in crowd_boxes_list], device
         )
         if crowds.shape[1] > 0:
-            inside = torch.stack([box_ioa(prior_boxes, c) for c in crowds])  # [B, P, K]
-            inside = inside.masked_fill(~crowd_valid[:, None, :], 0.0).amax(2)
+            inside = box_ioa(prior_boxes, crowds).masked_fill(~crowd_valid[:, None, :], 0.0).amax(2)
             conf_t[(conf_t <= 0) & (inside > crowd_iou)] = -1
     return conf_t, matched_idx, loc_t
 
@@ -113,7 +115,11 @@ def _pad(tensors: Sequence[Tensor], device: torch.device) -> tuple[Tensor, Tenso
 def _overlap_summaries(
     gt_boxes: Tensor, valid: Tensor, prior_boxes: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Row and column maxima of the ``[B, G, P]`` IoU matrix without materialising it.
+    """Row and column maxima of the ``[B, G, P]`` IoU matrix, computing only the pairs that can overlap.
+
+    Priors are cut into tiles of ``_TILE`` consecutive priors; each (image, tile) unit is compared with
+    the GTs that overlap the tile's bounding box (every other IoU is exactly 0). Units are bucketed by
+    that GT count so that each bucket is one dense ``[units, GTs, _TILE]`` computation.
 
     Returns each prior's best IoU and GT ``[B, P]`` and each GT's best IoU and prior ``[B, G]``, with
     ``Tensor.max``'s tie rule (first index; all-zero rows/columns give index 0).
@@ -123,40 +129,85 @@ def _overlap_summaries(
     num_tiles = -(-num_priors // _TILE)
     # Pad with copies of the last prior: they never change a maximum, and lose its ties.
     padded = torch.cat([prior_boxes, prior_boxes[-1:].expand(num_tiles * _TILE - num_priors, 4)])
-    tiles = padded.view(num_tiles, _TILE, 4)
-    tile_lo = tiles[..., :2].amin(1)
-    tile_hi = tiles[..., 2:].amax(1)
+    tiles = padded.view(num_tiles, _TILE, 4).permute(2, 0, 1).contiguous()  # [4, T, _TILE]
+    tile_lo, tile_hi = tiles[:2].amin(2), tiles[2:].amax(2)  # [2, T]
 
-    # IoU > 0 needs the GT to overlap the tile's bounding box.
-    hits = (
-        (gt_boxes[:, :, None, :2] < tile_hi).all(-1) & (gt_boxes[:, :, None, 2:] > tile_lo).all(-1)
-    ) & valid[:, :, None]
-    img, tile, gt = hits.permute(0, 2, 1).nonzero(as_tuple=True)  # sorted by image, tile, GT
-    iou = elementwise_box_iou(gt_boxes[img, gt][:, None, :], tiles[tile])  # [N, _TILE]
+    gt = gt_boxes.permute(2, 0, 1)[:, :, None, :]  # [4, B, 1, G]
+    hits = valid[:, None, :] & (gt[0] < tile_hi[0, :, None]) & (gt[1] < tile_hi[1, :, None])
+    hits &= (gt[2] > tile_lo[0, :, None]) & (gt[3] > tile_lo[1, :, None])  # [B, T, G]
+    hits = hits.view(batch * num_tiles, num_gt)
+    count = hits.sum(1)
+    # Per unit, the GTs that hit it in ascending order; the slots after them repeat GT 0, harmlessly.
+    unit, hit_gt = hits.nonzero(as_tuple=True)
+    rank = torch.arange(len(unit), device=unit.device) - (count.cumsum(0) - count)[unit]
+    slots = torch.zeros(len(hits), int(count.max()), dtype=torch.long, device=unit.device)
+    slots[unit, rank] = hit_gt
 
-    # Column maxima: per (image, prior), the best IoU, then the lowest GT index reaching it.
-    segment = (img * num_tiles + tile)[:, None].expand(-1, _TILE)
-    best = iou.new_zeros(batch * num_tiles, _TILE).scatter_reduce_(0, segment, iou, "amax")
-    gt_if_best = torch.where(iou == best[segment[:, 0]], gt[:, None].to(iou.dtype), float("inf"))
-    first_gt = torch.full_like(best, float("inf")).scatter_reduce_(0, segment, gt_if_best, "amin")
-    overlap = best.view(batch, -1)[:, :num_priors]
-    matched_idx = torch.where(best > 0, first_gt, 0).long().view(batch, -1)[:, :num_priors]
+    overlap = gt_boxes.new_zeros(batch * num_tiles, _TILE)
+    matched_idx = torch.zeros_like(overlap, dtype=torch.long)
+    buckets = _buckets(count, num_gt)
+    # One workspace for all chunks: fresh large tensors per operation cost more than the arithmetic.
+    size = max((min(len(units), max(1, _CHUNK // (width * _TILE))) * width * _TILE for units, width in buckets), default=0)
+    workspace = [gt_boxes.new_empty(size) for _ in range(4)]
+    rows, row_best, row_prior = [], [], []
+    for units, width in buckets:
+        for chunk in units.split(max(1, _CHUNK // (width * _TILE))):
+            gts = slots[chunk, :width]  # [U, K]
+            img, tile = chunk // num_tiles, chunk % num_tiles
+            boxes = gt_boxes[img[:, None], gts].permute(2, 0, 1).contiguous()[..., None]  # [4, U, K, 1]
+            shape = (len(chunk), width, _TILE)
+            iou, tmp, tmp2, flags = (w[: math.prod(shape)].view(shape) for w in workspace)
+            coords_iou(boxes, tiles[:, tile, None, :], out=iou, scratch=(tmp, tmp2))
 
-    # Row maxima: per (image, GT), the best IoU, then the lowest prior index reaching it.
-    tile_best, offset = iou.max(1)
-    row = img * num_gt + gt
-    gt_best = iou.new_zeros(batch * num_gt).scatter_reduce_(0, row, tile_best, "amax")
-    prior_index = (tile * _TILE + offset).double()
-    prior_if_best = torch.where(tile_best == gt_best[row], prior_index, float("inf"))
-    first_prior = torch.full_like(gt_best, float("inf"), dtype=torch.double)
-    first_prior.scatter_reduce_(0, row, prior_if_best, "amin")
-    gt_best_prior = torch.where(gt_best > 0, first_prior, 0).long()
+            best, slot = _max_first(iou, 1, tmp, flags)
+            overlap[chunk] = best
+            matched_idx[chunk] = torch.where(best > 0, gts.gather(1, slot), 0)
+            best, offset = _max_first(iou, 2, tmp, flags)
+            rows.append((img[:, None] * num_gt + gts).flatten())
+            row_best.append(best.flatten())
+            row_prior.append((tile[:, None] * _TILE + offset).flatten())
+
+    # Per GT: its best IoU, then the lowest prior index reaching it.
+    gt_best = gt_boxes.new_zeros(batch * num_gt)
+    gt_best_prior = torch.zeros(batch * num_gt, dtype=torch.long, device=gt_boxes.device)
+    if rows:
+        rows, row_best, row_prior = torch.cat(rows), torch.cat(row_best), torch.cat(row_prior).double()
+        gt_best.scatter_reduce_(0, rows, row_best, "amax")
+        first = torch.full_like(gt_best, float("inf"), dtype=torch.double)
+        first.scatter_reduce_(0, rows, row_prior.masked_fill(row_best != gt_best[rows], float("inf")), "amin")
+        gt_best_prior = torch.where(gt_best > 0, first, 0).long()
     return (
-        overlap.contiguous(),
-        matched_idx.contiguous(),
+        overlap.view(batch, -1)[:, :num_priors].contiguous(),
+        matched_idx.view(batch, -1)[:, :num_priors].contiguous(),
         gt_best.view(batch, num_gt),
         gt_best_prior.view(batch, num_gt),
     )
+
+
+def _buckets(count: Tensor, num_gt: int) -> list[tuple[Tensor, int]]:
+    """Units grouped by GT count in ``(2^(i-1), 2^i]``, each with its largest count: ``[(units, width)]``."""
+    buckets = []
+    lower, upper = 0, 1
+    while lower < num_gt:
+        units = ((count > lower) & (count <= upper)).nonzero().squeeze(1)
+        if len(units):
+            buckets.append((units, int(count[units].max())))
+        lower, upper = upper, 2 * upper
+    return buckets
+
+
+def _max_first(values: Tensor, dim: int, scratch: Tensor, flags: Tensor) -> tuple[Tensor, Tensor]:
+    """``values.max(dim)`` (first index among ties) via ``amax``, much faster on CPU than ``max``.
+
+    ``scratch`` (float) and ``flags`` (any dtype) are workspaces of ``values``' shape.
+    """
+    best = values.amax(dim, keepdim=True)
+    size = values.shape[dim]
+    shape = [1] * values.dim()
+    shape[dim] = size
+    countdown = torch.arange(size, 0, -1, dtype=values.dtype, device=values.device).view(shape)
+    torch.mul(torch.eq(values, best, out=flags), countdown, out=scratch)
+    return best.squeeze(dim), size - scratch.amax(dim).long()
 
 
 def _force_match(
@@ -177,6 +228,7 @@ def _force_match(
     step; GTs that lost their prior get their row maximum recomputed over the remaining priors.
     """
     batch, num_gt = valid.shape
+    priors = prior_boxes.T[:, None, :].contiguous()  # [4, 1, P]
     active = valid.clone()
     taken = torch.zeros_like(overlap, dtype=torch.bool)
     earlier = torch.ones(num_gt, num_gt, dtype=torch.bool, device=valid.device).tril(-1)
@@ -200,5 +252,5 @@ def _force_match(
 
         img, gt = (active & taken.gather(1, gt_best_prior)).nonzero(as_tuple=True)
         if len(img):
-            rows = elementwise_box_iou(gt_boxes[img, gt][:, None, :], prior_boxes)
+            rows = coords_iou(gt_boxes[img, gt].T[..., None], priors)
             gt_best[img, gt], gt_best_prior[img, gt] = rows.masked_fill(taken[img], -1.0).max(1)

@@ -12,21 +12,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import batched_nms, box_convert
+from torchvision.ops import batched_nms
 
-VARIANCES = (0.1, 0.2)
+from pipeline.boxes import decode
 
 Detections = dict[str, Tensor]
-
-
-def decode_boxes(loc: Tensor, priors: Tensor) -> Tensor:
-    """Box regressions ``loc [..., P, 4]`` against ``priors [P, 4]`` (cx, cy, w, h) -> x1y1x2y2 ``[..., P, 4]``.
-
-    ``cxcy = prior_cxcy + loc_xy * 0.1 * prior_wh``, ``wh = prior_wh * exp(loc_wh * 0.2)``.
-    """
-    centres = priors[..., :2] + loc[..., :2] * VARIANCES[0] * priors[..., 2:]
-    sizes = priors[..., 2:] * torch.exp(loc[..., 2:] * VARIANCES[1])
-    return box_convert(torch.cat([centres, sizes], dim=-1), "cxcywh", "xyxy")
 
 
 def class_scores(conf: Tensor, use_focal_loss: bool) -> Tensor:
@@ -141,7 +131,7 @@ def detect(
     if nms not in ("fast", "standard"):
         raise ValueError(f"nms must be 'fast' or 'standard', got {nms!r}")
     suppress = fast_nms if nms == "fast" else standard_nms
-    boxes = decode_boxes(loc, priors).clamp(0, 1)
+    boxes = decode(loc, priors).clamp(0, 1)
     scores = class_scores(conf, use_focal_loss)
     results = []
     for image_boxes, image_scores, coeffs, image_proto in zip(boxes, scores, mask_coeffs, proto):
@@ -154,17 +144,13 @@ def detect(
             image_boxes[candidates], image_scores[candidates], nms_iou, top_k
         )
         above = kept_scores > score_threshold
-        order = kept_scores[above].argsort(descending=True)[:max_detections]
-        index = candidates[index[above][order]]
+        index, labels, kept_scores = index[above], labels[above], kept_scores[above]
+        order = kept_scores.argsort(descending=True)[:max_detections]
+        index = candidates[index[order]]
         det_boxes = image_boxes[index]
         masks = torch.sigmoid(image_proto @ coeffs[index].t()).permute(2, 0, 1)
         results.append(
-            {
-                "boxes": det_boxes,
-                "scores": kept_scores[above][order],
-                "labels": labels[above][order],
-                "masks": crop_masks(masks, det_boxes),
-            }
+            {"boxes": det_boxes, "scores": kept_scores[order], "labels": labels[order], "masks": crop_masks(masks, det_boxes)}
         )
     return results
 

@@ -17,6 +17,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -45,6 +46,7 @@ class Instance:
     category_id: int
     mask: np.ndarray  # bool [H, W], the full (unoccluded) shape
     iscrowd: bool = False
+    visible: Optional[np.ndarray] = None  # bool [H, W], what later instances leave of ``mask``
 
 
 def generate(root: str | Path, params: SyntheticParams, seed: int) -> None:
@@ -57,14 +59,14 @@ def generate(root: str | Path, params: SyntheticParams, seed: int) -> None:
         images, annotations = [], []
         for index in range(num_images):
             rng = np.random.default_rng([seed, SPLITS[split], index])
-            pixels, visible = render_image(
+            pixels, instances = render_image(
                 rng, params.width, params.height, params.min_objects, params.max_objects, params.crowd_prob
             )
             image_id = index + 1
             file_name = f"{image_id:06d}.png"
             Image.fromarray(pixels).save(image_dir / file_name, format="PNG")
             images.append({"id": image_id, "file_name": file_name, "width": params.width, "height": params.height})
-            for instance in visible:
+            for instance in instances:
                 annotations.append(_annotation(len(annotations) + 1, image_id, instance))
         dataset = {
             "info": {"description": "synthetic shapes (pipeline.synthetic)", "seed": seed, "split": split},
@@ -83,7 +85,7 @@ def render_image(
     max_objects: int,
     crowd_prob: float,
 ) -> tuple[np.ndarray, list[Instance]]:
-    """One image ``uint8 [H, W, 3]`` and its instances with *visible* masks, in drawing order."""
+    """One image ``uint8 [H, W, 3]`` and its instances in drawing order, ``visible`` filled in."""
     canvas = _background(rng, width, height)
     for _ in range(rng.integers(0, 4)):
         _draw_distractor(rng, canvas)
@@ -100,12 +102,11 @@ def render_image(
             placed.append(instance)
             _paint(rng, canvas, instance.mask)
 
-    visible = []
     covered = np.zeros((height, width), dtype=bool)
     for instance in reversed(placed):
-        visible.append(Instance(instance.category_id, instance.mask & ~covered, instance.iscrowd))
+        instance.visible = instance.mask & ~covered
         covered |= instance.mask
-    return np.asarray(canvas), visible[::-1]
+    return np.asarray(canvas), placed
 
 
 def shape_mask(category_id: int, cx: float, cy: float, radius: float, angle: float, size: tuple[int, int]) -> np.ndarray:
@@ -249,7 +250,7 @@ def _paint(rng: np.random.Generator, canvas: Image.Image, mask: np.ndarray) -> N
 
 
 def _annotation(annotation_id: int, image_id: int, instance: Instance) -> dict:
-    mask = instance.mask
+    mask = instance.visible
     if instance.iscrowd:
         segmentation = rle_uncompressed(mask)
     else:

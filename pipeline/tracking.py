@@ -113,13 +113,19 @@ class Run:
         else:
             self._call(lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
 
-    def log_to(self, run_id: str, metrics: dict[str, float]) -> None:
-        """Log metrics into another run (evaluation metrics into the model's training run)."""
+    def log_to(self, run_id: str, metrics: dict[str, float], artifacts: Iterable[tuple[str, str]] = ()) -> None:
+        """Log metrics and ``(path, artifact_path)`` artifacts into another run: the evaluation of a
+        model into the model's training run, so that one run holds the whole story of that model."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
         self._call(lambda: self._client.log_batch(run_id, metrics=batch))
+        for path, artifact_path in artifacts:
+            if Path(path).is_dir():
+                self._call(lambda: self._client.log_artifacts(run_id, str(path), artifact_path))
+            elif Path(path).is_file():
+                self._call(lambda: self._client.log_artifact(run_id, str(path), artifact_path))
 
     def end(self, status: str) -> None:
         self.flush()

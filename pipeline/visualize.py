@@ -59,7 +59,9 @@ def save_comparison(
     """
     if not len(images) == len(targets) == len(detections) > 0:
         raise ValueError("need the same positive number of images, targets and detections")
-    fig = Figure(figsize=(8, 4 * len(images)), layout="constrained")
+    panel_width, title_height = 4.0, 0.4  # inches
+    rows_height = sum(panel_width * np.shape(image)[0] / np.shape(image)[1] + title_height for image in images)
+    fig = Figure(figsize=(2 * panel_width, rows_height), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(images), 2, squeeze=False)
     for row, (image, target, det) in enumerate(zip(images, targets, detections)):

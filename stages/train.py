@@ -23,6 +23,7 @@ def main(params, run, args):
         extra_payload={"mlflow_run_id": run.run_id} if run.online else None,
     )
     run.log_artifact(outputs.log_path, "train")
+    run.log_artifact("reports/data", "data")
     run.log_artifact(outputs.model_path, "model")
 
 

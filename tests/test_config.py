@@ -40,7 +40,8 @@ def test_flatten_gives_dotted_keys():
 
 
 def test_yolact_coco_preset_is_valid():
-    params = config.load(REPO / "configs" / "yolact550_r50_coco.yaml", ["data.source=synthetic"])
+    params = config.load(REPO / "configs" / "yolact550_r50_coco.yaml",
+                         ["data.source=synthetic", "model.backbone.pretrained=null"])
     assert params.input.size == 550 and params.model.backbone.depth == 50
     assert params.train.iterations == 800_000 and params.train.lr_steps == [280_000, 600_000, 700_000, 750_000]
 

@@ -1,4 +1,5 @@
 import copy
+import functools
 import json
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from pipeline.evaluation import (
     pr_curve_table,
     segm_results,
 )
+
+# pycocotools' own mask decoding (annToMask, used to build test detections) trips a numpy 2 deprecation.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 COCO_TINY_VAL = Path(__file__).resolve().parents[2] / "shared/data/coco_tiny/annotations/instances_val2017.json"
 
@@ -115,6 +119,13 @@ def ground_truth_detections(coco, shifts=(0.0,)):
     return category_ids, detections
 
 
+@functools.cache
+def cached_detections(gt_path, shifts=(0.0,)):
+    """(COCO index, category ids, detections) of :func:`ground_truth_detections`, built once per module run."""
+    coco = load_coco(gt_path)
+    return (coco, *ground_truth_detections(coco, shifts))
+
+
 def all_results(category_ids, detections):
     results = {"bbox": [], "segm": []}
     for image_id, det in detections.items():
@@ -140,8 +151,7 @@ def test_result_records_are_coco_format():
 
 
 def test_ground_truth_as_detections_scores_one(gt_json):
-    coco = load_coco(gt_json)
-    category_ids, detections = ground_truth_detections(coco)
+    coco, category_ids, detections = cached_detections(gt_json)
     results = all_results(category_ids, detections)
     evaluations = {t: coco_evaluate(coco, results[t], t) for t in ("bbox", "segm")}
 
@@ -170,8 +180,7 @@ def test_ground_truth_as_detections_scores_one(gt_json):
 
 
 def test_handmade_images_cover_every_area_range(handmade_json):
-    coco = load_coco(handmade_json)
-    category_ids, detections = ground_truth_detections(coco)
+    coco, category_ids, detections = cached_detections(handmade_json)
     evaluation = coco_evaluate(handmade_json, all_results(category_ids, detections)["segm"], "segm")
     assert [evaluation.metrics[k] for k in ("APs", "APm", "APl")] == pytest.approx([1.0, 1.0, 1.0])
 
@@ -202,8 +211,7 @@ def raw_pycocotools_stats(coco, category_ids, detections, iou_type):
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
 @pytest.mark.parametrize("shifts", [(0.5,), (0.0, 0.05, 0.15, 0.25, 0.5)], ids=["half-width", "mixed"])
 def test_shifted_detections_match_pycocotools(gt_json, iou_type, shifts):
-    coco = load_coco(gt_json)
-    category_ids, detections = ground_truth_detections(coco, shifts)
+    _, category_ids, detections = cached_detections(gt_json, shifts)
     results = all_results(category_ids, detections)[iou_type]
     evaluation = coco_evaluate(gt_json, results, iou_type)
     reference = raw_pycocotools_stats(load_coco(gt_json), category_ids, detections, iou_type)
@@ -233,8 +241,7 @@ def test_no_detections_gives_zero_metrics_and_a_warning(handmade_json):
 
 
 def test_image_ids_restrict_the_evaluation(handmade_json):
-    coco = load_coco(handmade_json)
-    category_ids, detections = ground_truth_detections(coco)
+    coco, category_ids, detections = cached_detections(handmade_json)
     only_first = bbox_results(1, *(detections[1][k] for k in ("boxes", "scores", "labels")), category_ids)
     everywhere = coco_evaluate(coco, only_first, "bbox")
     restricted = coco_evaluate(coco, only_first, "bbox", image_ids=[1])
@@ -243,8 +250,7 @@ def test_image_ids_restrict_the_evaluation(handmade_json):
 
 
 def test_results_are_not_mutated(handmade_json):
-    coco = load_coco(handmade_json)
-    category_ids, detections = ground_truth_detections(coco)
+    coco, category_ids, detections = cached_detections(handmade_json)
     results = all_results(category_ids, detections)["segm"]
     before = copy.deepcopy(results)
     coco_evaluate(coco, results, "segm")

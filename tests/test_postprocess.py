@@ -6,7 +6,6 @@ import torch
 from pipeline.postprocess import (
     class_scores,
     crop_masks,
-    decode_boxes,
     detect,
     fast_nms,
     standard_nms,
@@ -24,14 +23,6 @@ CHAIN_SCORES = torch.tensor([[0.9], [0.8], [0.7], [0.6]])
 
 def as_set(index, labels):
     return set(zip(index.tolist(), labels.tolist()))
-
-
-def test_decode_boxes_hand_worked():
-    priors = torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.3, 0.6, 0.1, 0.1]])
-    loc = torch.tensor([[[1.0, -1.0, math.log(2) / 0.2, 0.0], [0.0, 0.0, 0.0, 0.0]]])
-    # cx = 0.5 + 1 * 0.1 * 0.2, cy = 0.5 - 0.1 * 0.4, w = 0.2 * 2, h = 0.4; the zero row is the prior itself.
-    expected = torch.tensor([[[0.32, 0.26, 0.72, 0.66], [0.25, 0.55, 0.35, 0.65]]])
-    torch.testing.assert_close(decode_boxes(loc, priors), expected)
 
 
 def test_class_scores_softmax_drops_background_and_focal_uses_sigmoid():
@@ -129,6 +120,15 @@ def test_detect_thresholds_sorts_and_assembles_cropped_masks():
     torch.testing.assert_close(capped["scores"], torch.tensor([0.9, 0.8]))
     strict = detect(**make_outputs(priors, class_logits, coeffs, proto), **{**EVAL_ARGS, "score_threshold": 0.85})[0]
     assert strict["labels"].tolist() == [0]
+
+
+def test_detect_decodes_with_variances_and_clips_boxes():
+    priors = torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.9, 0.1, 0.4, 0.4]])
+    outputs = make_outputs(priors, torch.tensor([[5.0], [4.0]]), torch.ones(2, 1), torch.ones(4, 4, 1))
+    outputs["loc"] = torch.tensor([[[1.0, -1.0, math.log(2) / 0.2, 0.0], [0.0, 0.0, 0.0, 0.0]]])
+    (det,) = detect(**outputs, **EVAL_ARGS)
+    # cx = 0.5 + 1 * 0.1 * 0.2, cy = 0.5 - 0.1 * 0.4, w = 0.2 * 2, h = 0.4; the second box leaves the image.
+    torch.testing.assert_close(det["boxes"], torch.tensor([[0.32, 0.26, 0.72, 0.66], [0.7, 0.0, 1.0, 0.3]]))
 
 
 def test_detect_softmax_scores_and_empty_output():

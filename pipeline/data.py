@@ -1,0 +1,192 @@
+"""Loading prepared data: the instance dataset, its transforms and the batch collate.
+
+Randomness: the train transforms draw from torch's global RNG, which a DataLoader seeds per worker
+from the base seed (``torch.manual_seed`` in the main process fixes it); with ``num_workers=0`` they
+share the training process's RNG stream.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from torchvision import tv_tensors
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.ops import masks_to_boxes
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from .config import InputParams
+
+Transform = Callable[[Any, Any], tuple[Any, Any]]
+
+
+def annotations_path(prepared_dir: str | Path, role: str) -> Path:
+    """The cleaned COCO json of ``role`` ("train" or "val"); val's is the COCOeval ground truth."""
+    if role not in ("train", "val"):
+        raise ValueError(f"role must be 'train' or 'val', got {role!r}")
+    return Path(prepared_dir) / f"{role}.json"
+
+
+def image_dir(prepared_dir: str | Path, role: str) -> Path:
+    """Where ``role``'s images live (relative records are relative to ``prepared_dir``)."""
+    recorded = json.loads((Path(prepared_dir) / "image_dirs.json").read_text())[role]
+    return Path(prepared_dir) / recorded
+
+
+def read_label_map(prepared_dir: str | Path) -> list[dict[str, Any]]:
+    """``[{"label": 0, "category_id": ..., "name": ...}, ...]``, labels contiguous from 0."""
+    return json.loads((Path(prepared_dir) / "labels.json").read_text())
+
+
+def load_coco(path: str | Path) -> COCO:
+    """A pycocotools COCO index of ``path``, without its progress prints."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(path))
+
+
+class InstanceDataset(torch.utils.data.Dataset):
+    """Images of one prepared role with their instances.
+
+    Item: ``(image, target)``; ``image`` float32 ``[3, S, S]`` normalised; ``target``:
+    ``boxes`` float32 ``[G, 4]`` normalised x1y1x2y2 (non-crowd), ``labels`` int64 ``[G]`` (0-based),
+    ``masks`` uint8 ``[G, S, S]``, ``crowd_boxes`` float32 ``[K, 4]`` normalised, ``image_id`` int,
+    ``orig_size`` ``(h, w)``. Instances whose mask or box vanishes under the transforms are dropped.
+    """
+
+    def __init__(self, prepared_dir: str | Path, role: str, transforms: Transform):
+        self.coco = load_coco(annotations_path(prepared_dir, role))
+        self.image_dir = image_dir(prepared_dir, role)
+        self.transforms = transforms
+        self.label_of = {entry["category_id"]: entry["label"] for entry in read_label_map(prepared_dir)}
+        self.image_ids = sorted(self.coco.imgs)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        image_id = self.image_ids[index]
+        image, target = self.load(image_id)
+        image, target = self.transforms(image, target)
+        return image, finish_target(target, image_id)
+
+    def load(self, image_id: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        """The untransformed image (uint8 ``[3, H, W]``, RGB) and its instances, crowd included:
+        ``boxes`` (absolute x1y1x2y2), ``masks`` ``[N, H, W]``, ``labels``, ``iscrowd`` (bool)."""
+        info = self.coco.imgs[image_id]
+        height, width = info["height"], info["width"]
+        image = decode_image(str(self.image_dir / info["file_name"]), mode=ImageReadMode.RGB)
+        if image.dtype != torch.uint8:  # 16-bit PNG
+            image = F.to_dtype(image, torch.uint8, scale=True)
+        anns = self.coco.imgToAnns[image_id]
+        masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, height, width), np.uint8)
+        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
+            "masks": tv_tensors.Mask(torch.from_numpy(masks)),
+            "labels": torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64),
+            "iscrowd": torch.tensor([bool(a["iscrowd"]) for a in anns], dtype=torch.bool),
+            "orig_size": (height, width),
+        }
+        return tv_tensors.Image(image), target
+
+
+def build_transforms(input_params: InputParams, train: bool) -> v2.Compose:
+    """Transforms over ``(image, target)`` as :meth:`InstanceDataset.load` gives them.
+
+    Train: YOLACT's augmentation (photometric distortion, zoom-out up to ``augment.max_expand``
+    filled with the mean, SSD IoU-constrained random crop, horizontal flip), each switchable in
+    ``input.augment``; then, as in eval, resize to ``S x S`` (aspect not kept), drop boxes smaller than
+    1 px with their labels and masks, and normalise. Masks and crowd boxes follow every geometric step.
+    Randomness comes from torch's global RNG.
+    """
+    size = input_params.size
+    augment = input_params.augment
+    steps: list[Any] = []
+    if train:
+        if augment.photometric:
+            steps.append(v2.RandomPhotometricDistort(p=0.5))
+        if augment.expand and augment.max_expand > 1:
+            fill = {tv_tensors.Image: [round(m) for m in input_params.mean], "others": 0}
+            steps.append(v2.RandomZoomOut(fill=fill, side_range=(1.0, augment.max_expand), p=0.5))
+        if augment.random_crop:
+            steps.append(v2.RandomIoUCrop())
+        if augment.hflip:
+            steps.append(v2.RandomHorizontalFlip(p=0.5))
+    steps += [
+        ResizeWithExactMasks((size, size), antialias=True),
+        v2.ClampBoundingBoxes(),
+        v2.SanitizeBoundingBoxes(labels_getter=_labels_and_crowd),
+        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=False),
+        v2.Normalize(mean=input_params.mean, std=input_params.std),
+    ]
+    return v2.Compose(steps)
+
+
+class ResizeWithExactMasks(v2.Resize):
+    """``v2.Resize`` whose masks use centre-aligned nearest sampling (``NEAREST_EXACT``).
+
+    Plain ``NEAREST`` samples source pixel ``floor(i * in / out)``, shifting masks by up to half an
+    output pixel towards the origin relative to the boxes, which scale about pixel edges.
+    """
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            return F.resize(inpt, self.size, interpolation=v2.InterpolationMode.NEAREST_EXACT)
+        return super().transform(inpt, params)
+
+
+def finish_target(target: dict[str, Any], image_id: int) -> dict[str, Any]:
+    """Split crowd from instances, fit boxes to their masks and normalise boxes to [0, 1]."""
+    masks = target["masks"].as_subclass(torch.Tensor)
+    height, width = masks.shape[-2:]
+    boxes, keep = fit_boxes_to_masks(target["boxes"].as_subclass(torch.Tensor), masks)
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+    boxes = (boxes / scale).clamp_(0, 1)
+    crowd = target["iscrowd"]
+    instance = keep & ~crowd
+    return {
+        "boxes": boxes[instance],
+        "labels": target["labels"][instance],
+        "masks": masks[instance].to(torch.uint8),
+        "crowd_boxes": boxes[keep & crowd],
+        "image_id": int(image_id),
+        "orig_size": tuple(target["orig_size"]),
+    }
+
+
+def fit_boxes_to_masks(boxes: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pull box edges ``[N, 4]`` (x1y1x2y2, pixels) that overshoot their mask ``[N, H, W]`` by more
+    than 1 px in to the mask's extent.
+
+    A crop keeps the part of a cut object inside it: the clipped box may then be far wider than what
+    is left of the object (an L-shape cut at the knee). Edges within 1 px of the mask (rasterisation
+    and resampling error) keep their exact geometric value. Returns the boxes and ``keep [N]`` bool:
+    the mask is non-empty and the box has positive width and height.
+    """
+    keep = (masks.flatten(1) != 0).any(dim=1)
+    fitted = boxes.clone()
+    if keep.any():
+        extent = masks_to_boxes(masks[keep]).to(boxes.dtype)
+        extent[:, 2:] += 1  # masks_to_boxes gives the last pixel's index; the box edge lies past it
+        inner = torch.cat([torch.maximum(boxes[keep, :2], extent[:, :2]), torch.minimum(boxes[keep, 2:], extent[:, 2:])], 1)
+        fitted[keep] = torch.where((inner - boxes[keep]).abs() > 1, inner, boxes[keep])
+    keep &= (fitted[:, 2] > fitted[:, 0]) & (fitted[:, 3] > fitted[:, 1])
+    return fitted, keep
+
+
+def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """``(images [B, 3, S, S], [target, ...])``."""
+    images, targets = zip(*batch)
+    return torch.stack(images), list(targets)
+
+
+def _labels_and_crowd(sample: tuple[Any, dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    target = sample[1]
+    return target["labels"], target["iscrowd"]

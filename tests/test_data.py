@@ -1,0 +1,229 @@
+"""Dataset, transforms and collate on prepared data (crafted COCO and the synthetic set)."""
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision import tv_tensors
+from torchvision.ops import masks_to_boxes
+
+from pipeline.coco import prepare
+from pipeline.config import AugmentParams, InputParams, SyntheticParams
+from pipeline.data import (
+    InstanceDataset,
+    ResizeWithExactMasks,
+    annotations_path,
+    build_transforms,
+    collate,
+    fit_boxes_to_masks,
+    read_label_map,
+)
+from pipeline.synthetic import generate
+from tests import crafted_coco
+
+SIZE = 64
+NO_AUGMENT = AugmentParams(photometric=False, expand=False, random_crop=False, hflip=False)
+
+
+def input_params(size: int = SIZE, **augment) -> InputParams:
+    return InputParams(size=size, augment=replace(AugmentParams(), **augment))
+
+
+def prepare_all(root: Path, out: Path) -> Path:
+    out.mkdir(parents=True)
+    prepare(root, {"train": "train", "val": "val"}, out, categories=None, max_images=None,
+            keep_empty_train=False, strict=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("crafted")
+    return prepare_all(crafted_coco.build(tmp / "coco"), tmp / "prepared")
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("synthetic")
+    generate(tmp / "synthetic", SyntheticParams(train_images=16, val_images=4, crowd_prob=0.5), seed=1)
+    return prepare_all(tmp / "synthetic", tmp / "prepared")
+
+
+def pixel_boxes(target: dict, size: int) -> torch.Tensor:
+    return target["boxes"] * size
+
+
+def mask_extents(masks: torch.Tensor) -> torch.Tensor:
+    extents = masks_to_boxes(masks).float()
+    extents[:, 2:] += 1
+    return extents
+
+
+def test_item_has_the_documented_types_and_shapes(crafted):
+    dataset = InstanceDataset(crafted, "train", build_transforms(input_params(), train=False))
+    image, target = dataset[0]
+    assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.float32
+    g = len(target["labels"])
+    assert target["boxes"].shape == (g, 4) and target["boxes"].dtype == torch.float32
+    assert target["labels"].dtype == torch.int64 and target["masks"].shape == (g, SIZE, SIZE)
+    assert target["masks"].dtype == torch.uint8
+    assert target["crowd_boxes"].shape == (2, 4)  # the two crowd annotations of image 1
+    assert target["image_id"] == 1 and target["orig_size"] == (crafted_coco.HEIGHT, crafted_coco.WIDTH)
+    assert ((target["boxes"] >= 0) & (target["boxes"] <= 1)).all()
+
+
+def test_eval_transform_scales_boxes_and_masks_exactly(crafted):
+    dataset = InstanceDataset(crafted, "train", build_transforms(input_params(size=128), train=False))
+    _, target = dataset[0]
+    # Annotation 1 is the square [4, 4, 16, 16] on a 64 x 48 image: x * 2, y * 8 / 3 at 128 x 128.
+    expected = torch.tensor([4 / 64, 4 / 48, 20 / 64, 20 / 48])
+    assert torch.allclose(target["boxes"][0], expected, atol=1e-6)
+    assert torch.equal(mask_extents(target["masks"][:1])[0], torch.tensor([8.0, 11.0, 40.0, 53.0]))
+    crowd = torch.tensor([2 / 64, 30 / 48, 20 / 64, 44 / 48])
+    assert torch.allclose(target["crowd_boxes"][0], crowd, atol=1e-6)
+
+
+def test_images_are_normalised_rgb_whatever_their_mode(crafted):
+    params = input_params()
+    dataset = InstanceDataset(crafted, "train", build_transforms(params, train=False))
+    mean = torch.tensor(params.mean).view(3, 1, 1)
+    std = torch.tensor(params.std).view(3, 1, 1)
+    modes = {}
+    for index, image_id in enumerate(dataset.image_ids):
+        image, _ = dataset[index]
+        modes[dataset.coco.imgs[image_id]["file_name"]] = image * std + mean
+    rgb = modes["rgb.jpg"]
+    assert abs(rgb[0].mean() - 127) < 10 and abs(rgb[2].mean() - 128) < 10  # the crafted picture
+    for name in ("gray.jpg", "deep.png"):
+        gray = modes[name]
+        assert torch.allclose(gray[0], gray[1], atol=1e-3) and torch.allclose(gray[1], gray[2], atol=1e-3)
+    assert (modes["deep.png"] - modes["gray.jpg"]).abs().mean() < 3  # 16-bit scaled to 8
+    for name in ("rgba.png", "cmyk.jpg"):
+        assert (modes[name] - rgb).abs().mean() < 12
+
+
+def test_collate_stacks_images_and_keeps_targets(crafted):
+    dataset = InstanceDataset(crafted, "train", build_transforms(input_params(), train=False))
+    images, targets = collate([dataset[0], dataset[1], dataset[2]])
+    assert images.shape == (3, 3, SIZE, SIZE)
+    assert [t["image_id"] for t in targets] == dataset.image_ids[:3]
+
+
+def test_label_map_and_paths(crafted):
+    assert read_label_map(crafted) == [{"label": 0, "category_id": 1, "name": "cat"},
+                                       {"label": 1, "category_id": 3, "name": "dog"}]
+    assert annotations_path(crafted, "val") == crafted / "val.json"
+    dataset = InstanceDataset(crafted, "train", build_transforms(input_params(), train=False))
+    _, target = dataset[dataset.image_ids.index(11)]
+    assert target["labels"].tolist() == [1]  # category 3 ("dog") is label 1
+    with pytest.raises(ValueError):
+        annotations_path(crafted, "test")
+
+
+def test_images_without_instances_load(crafted, tmp_path):
+    dataset = InstanceDataset(crafted, "val", build_transforms(input_params(), train=True))
+    torch.manual_seed(0)
+    for _ in range(5):
+        _, target = dataset[1]  # val image 2 has no annotation
+        assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, SIZE, SIZE)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_train_transforms_keep_masks_boxes_and_pixels_aligned(synthetic, seed):
+    """Paint each instance in a pure colour; after the geometric transforms the image under each
+    mask must still be that colour, and each box must be its mask's extent within 1 px."""
+    params = input_params(size=96, photometric=False)
+    transforms = build_transforms(params, train=True)
+    dataset = InstanceDataset(synthetic, "train", transforms)
+    torch.manual_seed(seed)
+    mean = torch.tensor(params.mean).view(3, 1, 1)
+    std = torch.tensor(params.std).view(3, 1, 1)
+    palette = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255], [0, 255, 255],
+                            [255, 255, 255], [128, 0, 0], [0, 128, 0], [0, 0, 128]], dtype=torch.uint8)
+    checked = 0
+    for image_id in dataset.image_ids:
+        image, raw = dataset.load(image_id)
+        painted = torch.zeros_like(image)
+        for k, mask in enumerate(raw["masks"]):
+            painted[:, mask.bool()] = palette[k % len(palette)].view(3, 1)
+        raw["labels"] = torch.arange(len(raw["labels"]))  # remember which instance is which
+        out_image, out = transforms(tv_tensors.Image(painted), raw)
+        pixels = (out_image * std + mean).round()
+        masks = out["masks"].as_subclass(torch.Tensor)
+        boxes = out["boxes"].as_subclass(torch.Tensor)
+        # Edge pixels are blended by the antialiased resize: look at each mask's interior only.
+        interior = -torch.nn.functional.max_pool2d(-masks[None].float(), 3, stride=1, padding=1)[0]
+        for k, mask in zip(out["labels"].tolist(), interior):
+            inside = pixels[:, mask.bool()]
+            if inside.shape[1] < 10:
+                continue
+            matches = (inside - palette[k % len(palette)].view(3, 1).float()).abs().amax(0) < 40
+            assert matches.float().mean() > 0.9
+            checked += 1
+        fitted, keep = fit_boxes_to_masks(boxes, masks)
+        assert torch.allclose(fitted[keep], mask_extents(masks[keep]), atol=1.0)
+    assert checked > len(dataset.image_ids)
+
+
+def test_crowd_boxes_follow_the_geometry(synthetic):
+    transforms = build_transforms(input_params(size=96), train=True)
+    dataset = InstanceDataset(synthetic, "train", transforms)
+    torch.manual_seed(0)
+    crowd_images = [i for i in dataset.image_ids if any(a["iscrowd"] for a in dataset.coco.imgToAnns[i])]
+    assert crowd_images
+    checked = 0
+    for image_id in crowd_images * 3:
+        image, raw = dataset.load(image_id)
+        _, out = transforms(image, raw)
+        crowd = out["iscrowd"]
+        masks = out["masks"].as_subclass(torch.Tensor)[crowd]
+        boxes = out["boxes"].as_subclass(torch.Tensor)[crowd]
+        fitted, keep = fit_boxes_to_masks(boxes, masks)
+        if keep.any():
+            assert torch.allclose(fitted[keep], mask_extents(masks[keep]), atol=1.0)
+            checked += 1
+    assert checked > 0
+
+
+def test_random_train_items_have_boxes_matching_masks(synthetic):
+    dataset = InstanceDataset(synthetic, "train", build_transforms(input_params(size=96), train=True))
+    torch.manual_seed(0)
+    instances = 0
+    for _ in range(2):
+        for index in range(len(dataset)):
+            _, target = dataset[index]
+            if len(target["masks"]):
+                assert torch.allclose(pixel_boxes(target, 96), mask_extents(target["masks"]), atol=1.0)
+                instances += len(target["masks"])
+    assert instances > len(dataset)  # most instances survive the crops
+
+
+def test_transforms_are_reproducible_from_the_torch_seed(synthetic):
+    dataset = InstanceDataset(synthetic, "train", build_transforms(input_params(size=96), train=True))
+    torch.manual_seed(5)
+    first = [dataset[i] for i in range(4)]
+    torch.manual_seed(5)
+    second = [dataset[i] for i in range(4)]
+    for (image_a, target_a), (image_b, target_b) in zip(first, second):
+        assert torch.equal(image_a, image_b) and torch.equal(target_a["boxes"], target_b["boxes"])
+
+
+def test_fit_boxes_to_masks_shrinks_cut_boxes_and_drops_empty_masks():
+    masks = torch.zeros(3, 10, 10, dtype=torch.uint8)
+    masks[0, 2:5, 2:8] = 1  # what a crop left of an L-shaped object
+    masks[1, 1:9, 1:9] = 1
+    boxes = torch.tensor([[2.0, 2.0, 9.5, 9.0], [1.2, 0.8, 8.7, 9.0], [0.0, 0.0, 5.0, 5.0]])
+    fitted, keep = fit_boxes_to_masks(boxes, masks)
+    assert keep.tolist() == [True, True, False]
+    assert fitted[0].tolist() == [2.0, 2.0, 8.0, 5.0]  # x2 and y2 overshoot by more than 1 px
+    assert torch.equal(fitted[1], boxes[1])  # within 1 px of the mask: left exactly as it was
+
+
+def test_mask_resize_is_centre_aligned_like_the_boxes():
+    mask = torch.zeros(1, 1, 10, dtype=torch.uint8)
+    mask[..., 9] = 1  # the last column: [9, 10) in pixel-edge coordinates, [4.5, 5) at half size
+    boxes = tv_tensors.BoundingBoxes([[9.0, 0.0, 10.0, 1.0]], format="XYXY", canvas_size=(1, 10))
+    out_mask, out_boxes = ResizeWithExactMasks((1, 5))(tv_tensors.Mask(mask), boxes)
+    assert out_mask[0, 0].tolist() == [0, 0, 0, 0, 1]
+    assert out_boxes.tolist() == [[4.5, 0.0, 5.0, 1.0]]

@@ -1,0 +1,195 @@
+"""The prepare step on crafted broken COCO input, and the stage end to end."""
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from pycocotools import mask as mask_utils
+
+from pipeline.coco import clean_annotation, prepare, select_categories, size_bucket
+from pipeline.data import load_coco
+from pipeline.errors import PipelineError
+from tests import crafted_coco
+from tests.conftest import PYTHON, REPO, stage_env
+
+SPLITS = {"train": "train", "val": "val"}
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return crafted_coco.build(tmp_path / "coco")
+
+
+def run_prepare(root: Path, out: Path, **options):
+    out.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(categories=None, max_images=None, keep_empty_train=False, strict=False) | options
+    return prepare(root, SPLITS, out, **kwargs)
+
+
+def test_every_broken_input_is_counted_with_its_reason(root, tmp_path):
+    summary = run_prepare(root, tmp_path / "out")
+    train = summary["roles"]["train"]
+    expected = crafted_coco.EXPECTED_TRAIN
+
+    assert {d["image_id"]: d["reason"] for d in train["dropped_images"]} == expected["dropped_images"]
+    assert {d["id"]: d["reason"] for d in train["dropped_annotations"]} == expected["dropped_annotations"]
+    assert train["skipped_empty_images"] == expected["skipped_empty_images"]
+    assert train["image_modes"] == expected["image_modes"]
+    assert train["clipped_boxes"] == 1 and train["repaired_segmentations"] == 1
+    assert train["dropped_by_reason"]["images"] == {
+        "unreadable_image": 2, "missing_file": 1, "size_mismatch": 1, "unsupported_format": 1}
+    missing = next(d for d in train["dropped_images"] if d["reason"] == "missing_file")
+    assert missing["file_name"] == "missing.jpg" and "missing.jpg" in missing["detail"]
+
+    cleaned = json.loads((tmp_path / "out" / "train.json").read_text())
+    assert {image["id"] for image in cleaned["images"]} == expected["kept_images"]
+    assert train["images"] == len(expected["kept_images"])
+    assert train["crowd"] == 2 and train["instances"] == 9  # ids 1, 2, 6, 9, 13, 14, 15, 22 and the dog 21
+    anns = {a["id"]: a for a in cleaned["annotations"]}
+    assert {i for i, a in anns.items() if a["iscrowd"]} == expected["crowd_ids"]
+    assert anns[6]["bbox"] == [50, 30, 14, 18]
+    assert anns[9]["segmentation"] == [crafted_coco.square(30, 20, 10)]
+    assert anns[2]["segmentation"] == [crafted_coco.square(24, 4, 10), crafted_coco.square(44, 6, 10)]
+    assert isinstance(anns[7]["segmentation"]["counts"], list) and isinstance(anns[8]["segmentation"]["counts"], str)
+
+
+def test_instance_counts_add_up(root, tmp_path):
+    summary = run_prepare(root, tmp_path / "out")
+    for role in ("train", "val"):
+        counts = summary["roles"][role]
+        cleaned = json.loads((tmp_path / "out" / f"{role}.json").read_text())
+        per_category = counts["per_category"]
+        assert sum(c["instances"] for c in per_category.values()) == counts["instances"]
+        assert sum(c["crowd"] for c in per_category.values()) == counts["crowd"]
+        assert counts["instances"] + counts["crowd"] == len(cleaned["annotations"])
+        assert sum(counts["sizes"].values()) == counts["instances"]
+    assert summary["roles"]["train"]["per_category"]["dog"] == {"instances": 1, "crowd": 0}
+
+
+def test_val_keeps_empty_images_and_train_only_on_request(root, tmp_path):
+    summary = run_prepare(root, tmp_path / "a")
+    val = json.loads((tmp_path / "a" / "val.json").read_text())
+    assert {image["id"] for image in val["images"]} == {1, 2}  # 2 has no annotation; 3 is missing
+    assert summary["roles"]["val"]["empty_images"] == 1
+    assert [d["reason"] for d in summary["roles"]["val"]["dropped_images"]] == ["missing_file"]
+
+    summary = run_prepare(root, tmp_path / "b", keep_empty_train=True)
+    train = json.loads((tmp_path / "b" / "train.json").read_text())
+    assert {9, 10} <= {image["id"] for image in train["images"]}
+    assert summary["roles"]["train"]["skipped_empty_images"] == 0
+
+
+def test_strict_fails_on_the_first_broken_annotation(root, tmp_path):
+    with pytest.raises(PipelineError, match=r"instances_train\.json: annotation 3 .*degenerate_box"):
+        run_prepare(root, tmp_path / "out", strict=True)
+
+
+def test_strict_fails_naming_the_broken_image_file(root, tmp_path):
+    path = root / "annotations" / "instances_train.json"
+    dataset = json.loads(path.read_text())
+    broken = set(crafted_coco.EXPECTED_TRAIN["dropped_annotations"])
+    dataset["annotations"] = [a for a in dataset["annotations"] if a["id"] not in broken]
+    path.write_text(json.dumps(dataset))
+    with pytest.raises(PipelineError, match=r"corrupt\.jpg: unreadable_image"):
+        run_prepare(root, tmp_path / "out", strict=True)
+
+
+def test_category_filter_remaps_labels_and_rejects_unknown_names(root, tmp_path):
+    summary = run_prepare(root, tmp_path / "out", categories=["dog"])
+    labels = json.loads((tmp_path / "out" / "labels.json").read_text())
+    assert labels == [{"label": 0, "category_id": 3, "name": "dog"}]
+    train = json.loads((tmp_path / "out" / "train.json").read_text())
+    assert [image["id"] for image in train["images"]] == [11]
+    assert {a["category_id"] for a in train["annotations"]} == {3}
+    assert summary["roles"]["train"]["other_category_annotations"] > 0
+
+    with pytest.raises(PipelineError, match="'horse'"):
+        select_categories(crafted_coco.CATEGORIES, ["dog", "horse"])
+
+
+def test_max_images_takes_the_first_valid_images_by_id(root, tmp_path):
+    run_prepare(root, tmp_path / "out", max_images=3)
+    train = json.loads((tmp_path / "out" / "train.json").read_text())
+    assert [image["id"] for image in train["images"]] == [1, 2, 3]
+    assert {a["image_id"] for a in train["annotations"]} <= {1, 2, 3}
+
+
+def test_prepared_files_load_in_pycocotools(root, tmp_path):
+    run_prepare(root, tmp_path / "out")
+    image_dirs = json.loads((tmp_path / "out" / "image_dirs.json").read_text())
+    assert Path(image_dirs["train"]) == (root / "train").resolve()
+    gt = load_coco(tmp_path / "out" / "val.json")
+    assert sorted(gt.getCatIds()) == [1, 3]
+    assert len(gt.getAnnIds()) == 2
+
+
+def test_clean_annotation_clips_and_computes_missing_area():
+    image = {"id": 1, "width": 10, "height": 10}
+    raw = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [-2, 5, 6, 20], "segmentation": [[-2, 5, 4, 5, 4, 25, -2, 25]]}
+    cleaned, drop, fixes = clean_annotation(raw, image, {1}, set())
+    assert drop is None and fixes == ("clipped",)
+    assert cleaned["bbox"] == [0, 5, 4, 5]
+    rle = mask_utils.merge(mask_utils.frPyObjects(raw["segmentation"], 10, 10))
+    assert cleaned["area"] == float(mask_utils.area(rle)) > 0
+    assert cleaned["iscrowd"] == 0
+
+
+def test_clean_annotation_rejects_rle_of_the_wrong_size():
+    image = {"id": 1, "width": 10, "height": 10}
+    rle = crafted_coco.compressed_rle(np.ones((5, 5), dtype=np.uint8))
+    raw = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "segmentation": rle, "iscrowd": 1}
+    cleaned, drop, _ = clean_annotation(raw, image, {1}, set())
+    assert cleaned is None and drop.reason == "invalid_segmentation"
+
+
+def test_size_buckets_follow_coco():
+    assert [size_bucket(a) for a in (32**2 - 1, 32**2, 96**2, 96**2 + 1)] == ["small", "medium", "medium", "large"]
+
+
+def write_params(tmp_path: Path, data: dict) -> Path:
+    params = {
+        "data": data,
+        "input": {"size": 64},
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def run_stage(tmp_path: Path, params: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "-m", "stages.prepare", "--params", str(params)],
+        cwd=tmp_path, env=stage_env(), capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_stage_writes_prepared_data_summary_and_figure(tmp_path):
+    synthetic = {"train_images": 6, "val_images": 3, "width": 96, "height": 80, "crowd_prob": 0.5}
+    result = run_stage(tmp_path, write_params(tmp_path, {"source": "synthetic", "synthetic": synthetic}))
+    assert result.returncode == 0, result.stderr
+
+    prepared = tmp_path / "data" / "prepared"
+    assert json.loads((prepared / "image_dirs.json").read_text()) == {"train": "synthetic/train", "val": "synthetic/val"}
+    assert len(json.loads((prepared / "labels.json").read_text())) >= 5
+    summary = json.loads((tmp_path / "reports" / "data" / "summary.json").read_text())
+    assert summary["source"] == "synthetic"
+    for role, n in (("train", 6), ("val", 3)):
+        assert summary["roles"][role]["images"] == n
+        assert len(json.loads((prepared / f"{role}.json").read_text())["images"]) == n
+        assert len(list((prepared / "synthetic" / role).glob("*.png"))) == n
+    assert (tmp_path / "reports" / "data" / "box_sizes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "data.train.images 6" in result.stdout
+
+
+def test_stage_fails_in_one_line_and_writes_nothing_under_strict(root, tmp_path):
+    params = write_params(tmp_path, {"source": "coco", "root": str(root), "train_split": "train",
+                                     "val_split": "val", "strict": True})
+    result = run_stage(tmp_path, params)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "degenerate_box" in last and "Traceback" not in result.stderr
+    assert not (tmp_path / "data" / "prepared").exists()
+    assert not list((tmp_path / "data").glob(".prepared*"))

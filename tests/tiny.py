@@ -1,0 +1,60 @@
+"""A tiny configuration and a scratch copy of the project for integration tests of the real stages."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import PYTHON, REPO, stage_env
+
+TINY = {
+    "data": {"synthetic": {"train_images": 16, "val_images": 8, "width": 80, "height": 64,
+                           "min_objects": 1, "max_objects": 3}},
+    "input": {"size": 64},
+    "model": {"backbone": {"base_channels": 8}, "fpn": {"out_channels": 16}, "head": {"num_prototypes": 4}},
+    "anchors": {"scales": [[8], [16], [24], [40], [64]]},
+    "train": {"batch_size": 4, "iterations": 12, "warmup_iterations": 2, "lr_steps": [10],
+              "checkpoint_every": 4, "log_every": 1},
+    "eval": {"batch_size": 8, "num_visualize": 2},
+    "ablation": {"thresholds": [[0.5, 0.4], [0.6, 0.5]], "anchor_scales": ["base"],
+                 "scale_sets": {"base": [[8], [16], [24], [40], [64]]},
+                 "train": {"iterations": 4, "lr_steps": [3], "warmup_iterations": 1}},
+}
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def tiny_params(extra: dict | None = None) -> dict:
+    return merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY), extra or {})
+
+
+def make_project(dest: Path, extra: dict | None = None, git: bool = False) -> Path:
+    """Copy the project's code into ``dest`` with tiny params (optionally as a git + DVC repo)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("pipeline", "stages"):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "pyproject.toml"):
+        shutil.copy2(REPO / name, dest / name)
+    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(extra), sort_keys=False))
+    if git:
+        shutil.copytree(REPO / ".dvc", dest / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+        shutil.copy2(REPO / ".gitignore", dest / ".gitignore")
+        for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
+            subprocess.run(["git", *args], cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+def run_stage(project: Path, stage: str, *args: str, env: dict | None = None, check: bool = True,
+              timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([PYTHON, "-m", f"stages.{stage}", *args], cwd=project, env=env or stage_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"stage {stage} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
