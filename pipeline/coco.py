@@ -31,7 +31,6 @@ SMALL_AREA = 32**2  # COCO size buckets, by annotation area in original pixels
 LARGE_AREA = 96**2
 MIN_BOX_SIDE = 1.0  # pixels; thinner boxes carry no usable signal and break IoU matching
 _VERIFY_CHUNK = 64
-DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF")  # what torchvision.io.decode_image reads
 
 
 @dataclass
@@ -126,7 +125,8 @@ def read_annotations(path: Path) -> dict[str, Any]:
 def select_categories(categories: list[dict[str, Any]], names: Optional[Sequence[str]]) -> list[dict[str, Any]]:
     """The categories to keep, sorted by category id; ``names=None`` keeps all."""
     for category in categories:
-        if not (isinstance(category, dict) and isinstance(category.get("id"), int) and isinstance(category.get("name"), str)):
+        if not isinstance(category, dict) or not isinstance(category.get("id"), int) \
+                or not isinstance(category.get("name"), str):
             raise PipelineError(f"malformed category entry {category!r}: needs an integer 'id' and a 'name'")
     by_id = sorted(
         ({"id": c["id"], "name": c["name"], "supercategory": c.get("supercategory", "")} for c in categories),
@@ -239,8 +239,7 @@ def _verified_images(
 
 
 def check_image(path: Path, image: dict[str, Any]) -> tuple[Optional[str], Optional[Drop]]:
-    """``(PIL mode, None)`` if ``path`` decodes, in a format the loader reads, and has the json's
-    size, else ``(None, Drop)``.
+    """``(PIL mode, None)`` if ``path`` decodes and has the json's size, else ``(None, Drop)``.
 
     JPEGs are decoded at 1/8 scale (PIL's draft mode): cheap, yet it reads the whole entropy-coded
     stream, so truncated files are caught here rather than in the training loop.
@@ -248,8 +247,6 @@ def check_image(path: Path, image: dict[str, Any]) -> tuple[Optional[str], Optio
     try:
         with Image.open(path) as im:
             size, mode = im.size, im.mode
-            if im.format not in DECODABLE_FORMATS:
-                return None, Drop("unsupported_format", f"{path}: {im.format} (readable: {', '.join(DECODABLE_FORMATS)})")
             im.draft(mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
             im.load()
     except FileNotFoundError:

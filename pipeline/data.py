@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from PIL import Image
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -80,9 +80,7 @@ class InstanceDataset(torch.utils.data.Dataset):
         ``boxes`` (absolute x1y1x2y2), ``masks`` ``[N, H, W]``, ``labels``, ``iscrowd`` (bool)."""
         info = self.coco.imgs[image_id]
         height, width = info["height"], info["width"]
-        image = decode_image(str(self.image_dir / info["file_name"]), mode=ImageReadMode.RGB)
-        if image.dtype != torch.uint8:  # 16-bit PNG
-            image = F.to_dtype(image, torch.uint8, scale=True)
+        image = read_rgb(self.image_dir / info["file_name"])
         anns = self.coco.imgToAnns[image_id]
         masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, height, width), np.uint8)
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
@@ -95,6 +93,14 @@ class InstanceDataset(torch.utils.data.Dataset):
             "orig_size": (height, width),
         }
         return tv_tensors.Image(image), target
+
+
+def read_rgb(path: Path) -> torch.Tensor:
+    """An image file as uint8 ``[3, H, W]`` RGB, whatever its mode (grey, RGBA, CMYK, 16-bit grey)."""
+    with Image.open(path) as im:
+        if im.mode.startswith("I;16"):  # PIL's RGB conversion would clip 16-bit values at 255
+            im = Image.fromarray((np.asarray(im) >> 8).astype(np.uint8))
+        return F.pil_to_tensor(im.convert("RGB"))
 
 
 def build_transforms(input_params: InputParams, train: bool) -> v2.Compose:
@@ -175,7 +181,9 @@ def fit_boxes_to_masks(boxes: torch.Tensor, masks: torch.Tensor) -> tuple[torch.
     if keep.any():
         extent = masks_to_boxes(masks[keep]).to(boxes.dtype)
         extent[:, 2:] += 1  # masks_to_boxes gives the last pixel's index; the box edge lies past it
-        inner = torch.cat([torch.maximum(boxes[keep, :2], extent[:, :2]), torch.minimum(boxes[keep, 2:], extent[:, 2:])], 1)
+        inner = torch.cat(
+            [torch.maximum(boxes[keep, :2], extent[:, :2]), torch.minimum(boxes[keep, 2:], extent[:, 2:])], dim=1
+        )
         fitted[keep] = torch.where((inner - boxes[keep]).abs() > 1, inner, boxes[keep])
     keep &= (fitted[:, 2] > fitted[:, 0]) & (fitted[:, 3] > fitted[:, 1])
     return fitted, keep

@@ -28,7 +28,7 @@ from pipeline.boxes import box_ioa, coords_iou, encode, point_form
 
 # Consecutive priors (same level, neighbouring cells) grouped for the overlap test.
 _TILE = 32
-# Elements per dense IoU block (4 workspaces of this size).
+# Elements per dense IoU block (3 workspaces of this size).
 _CHUNK = 1 << 18
 
 
@@ -115,14 +115,34 @@ def _pad(tensors: Sequence[Tensor], device: torch.device) -> tuple[Tensor, Tenso
 def _overlap_summaries(
     gt_boxes: Tensor, valid: Tensor, prior_boxes: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Row and column maxima of the ``[B, G, P]`` IoU matrix, computing only the pairs that can overlap.
+    """Row and column maxima of the ``[B, G, P]`` IoU matrix, with ``Tensor.max``'s tie rule.
+
+    Returns each prior's best IoU and GT ``[B, P]`` and each GT's best IoU and prior ``[B, G]``
+    (first index among ties, so all-zero rows and columns give index 0). GPUs compute the whole
+    matrix; on CPUs that costs far more than the sparse version.
+    """
+    if gt_boxes.device.type == "cpu":
+        return _tiled_summaries(gt_boxes, valid, prior_boxes)
+    return _dense_summaries(gt_boxes, prior_boxes)
+
+
+def _dense_summaries(gt_boxes: Tensor, prior_boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_overlap_summaries` from the whole matrix (padding GTs are zero boxes: IoU 0, after the real ones)."""
+    iou = coords_iou(gt_boxes.permute(2, 0, 1)[..., None], prior_boxes.T[:, None, None, :])  # [B, G, P]
+    scratch = torch.empty_like(iou)
+    overlap, matched_idx = _max_first(iou, 1, scratch)
+    gt_best, gt_best_prior = _max_first(iou, 2, scratch)
+    return overlap, matched_idx, gt_best, gt_best_prior
+
+
+def _tiled_summaries(
+    gt_boxes: Tensor, valid: Tensor, prior_boxes: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_overlap_summaries` computing only the IoUs that can be non-zero.
 
     Priors are cut into tiles of ``_TILE`` consecutive priors; each (image, tile) unit is compared with
     the GTs that overlap the tile's bounding box (every other IoU is exactly 0). Units are bucketed by
     that GT count so that each bucket is one dense ``[units, GTs, _TILE]`` computation.
-
-    Returns each prior's best IoU and GT ``[B, P]`` and each GT's best IoU and prior ``[B, G]``, with
-    ``Tensor.max``'s tie rule (first index; all-zero rows/columns give index 0).
     """
     batch, num_gt, _ = gt_boxes.shape
     num_priors = len(prior_boxes)
@@ -148,7 +168,7 @@ def _overlap_summaries(
     buckets = _buckets(count, num_gt)
     # One workspace for all chunks: fresh large tensors per operation cost more than the arithmetic.
     size = max((min(len(units), max(1, _CHUNK // (width * _TILE))) * width * _TILE for units, width in buckets), default=0)
-    workspace = [gt_boxes.new_empty(size) for _ in range(4)]
+    workspace = [gt_boxes.new_empty(size) for _ in range(3)]
     rows, row_best, row_prior = [], [], []
     for units, width in buckets:
         for chunk in units.split(max(1, _CHUNK // (width * _TILE))):
@@ -156,13 +176,13 @@ def _overlap_summaries(
             img, tile = chunk // num_tiles, chunk % num_tiles
             boxes = gt_boxes[img[:, None], gts].permute(2, 0, 1).contiguous()[..., None]  # [4, U, K, 1]
             shape = (len(chunk), width, _TILE)
-            iou, tmp, tmp2, flags = (w[: math.prod(shape)].view(shape) for w in workspace)
+            iou, tmp, tmp2 = (w[: math.prod(shape)].view(shape) for w in workspace)
             coords_iou(boxes, tiles[:, tile, None, :], out=iou, scratch=(tmp, tmp2))
 
-            best, slot = _max_first(iou, 1, tmp, flags)
+            best, slot = _max_first(iou, 1, tmp)
             overlap[chunk] = best
             matched_idx[chunk] = torch.where(best > 0, gts.gather(1, slot), 0)
-            best, offset = _max_first(iou, 2, tmp, flags)
+            best, offset = _max_first(iou, 2, tmp)
             rows.append((img[:, None] * num_gt + gts).flatten())
             row_best.append(best.flatten())
             row_prior.append((tile[:, None] * _TILE + offset).flatten())
@@ -196,18 +216,18 @@ def _buckets(count: Tensor, num_gt: int) -> list[tuple[Tensor, int]]:
     return buckets
 
 
-def _max_first(values: Tensor, dim: int, scratch: Tensor, flags: Tensor) -> tuple[Tensor, Tensor]:
-    """``values.max(dim)`` (first index among ties) via ``amax``, much faster on CPU than ``max``.
+def _max_first(values: Tensor, dim: int, scratch: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """``values.max(dim)`` (first index among ties) via ``amax``, which is much faster on CPU.
 
-    ``scratch`` (float) and ``flags`` (any dtype) are workspaces of ``values``' shape.
+    ``scratch`` is an optional float workspace of ``values``' shape.
     """
     best = values.amax(dim, keepdim=True)
     size = values.shape[dim]
     shape = [1] * values.dim()
     shape[dim] = size
     countdown = torch.arange(size, 0, -1, dtype=values.dtype, device=values.device).view(shape)
-    torch.mul(torch.eq(values, best, out=flags), countdown, out=scratch)
-    return best.squeeze(dim), size - scratch.amax(dim).long()
+    ties = torch.eq(values, best, out=torch.empty_like(values) if scratch is None else scratch)
+    return best.squeeze(dim), size - ties.mul_(countdown).amax(dim).long()
 
 
 def _force_match(
@@ -252,5 +272,5 @@ def _force_match(
 
         img, gt = (active & taken.gather(1, gt_best_prior)).nonzero(as_tuple=True)
         if len(img):
-            rows = coords_iou(gt_boxes[img, gt].T[..., None], priors)
-            gt_best[img, gt], gt_best_prior[img, gt] = rows.masked_fill(taken[img], -1.0).max(1)
+            rows = coords_iou(gt_boxes[img, gt].T[..., None], priors).masked_fill_(taken[img], -1.0)
+            gt_best[img, gt], gt_best_prior[img, gt] = _max_first(rows, 1)

@@ -109,7 +109,9 @@ def render_image(
     return np.asarray(canvas), placed
 
 
-def shape_mask(category_id: int, cx: float, cy: float, radius: float, angle: float, size: tuple[int, int]) -> np.ndarray:
+def shape_mask(
+    category_id: int, cx: float, cy: float, radius: float, angle: float, size: tuple[int, int]
+) -> np.ndarray:
     """Bool mask ``[H, W]`` of one shape with circumradius ``radius`` (pixels) rotated by ``angle``."""
     width, height = size
     image = Image.new("L", (width, height), 0)
@@ -145,7 +147,8 @@ def _outline(name: str, cx: float, cy: float, radius: float, angle: float) -> li
     elif name == "cross":
         # A plus sign: arms of half-width 0.3 R reaching R from the centre.
         a, r = 0.3 * radius, radius
-        corners = [(a, r), (a, a), (r, a), (r, -a), (a, -a), (a, -r), (-a, -r), (-a, -a), (-r, -a), (-r, a), (-a, a), (-a, r)]
+        corners = [(a, r), (a, a), (r, a), (r, -a), (a, -a), (a, -r),
+                   (-a, -r), (-a, -a), (-r, -a), (-r, a), (-a, a), (-a, r)]
         polar = [(math.hypot(x, y), math.atan2(y, x) + angle) for x, y in corners]
     else:
         raise ValueError(f"no outline for {name}")
@@ -155,9 +158,10 @@ def _outline(name: str, cx: float, cy: float, radius: float, angle: float) -> li
 def _place_object(rng: np.random.Generator, width: int, height: int, placed: list[Instance]) -> Instance | None:
     """A random shape that leaves every earlier instance at least MIN_VISIBLE visible, or None."""
     max_radius = min(width, height) / 2
+    min_radius = min(MIN_RADIUS, max_radius)
     for _ in range(PLACEMENT_TRIES):
         category_id = int(rng.integers(1, len(CATEGORIES) + 1))
-        radius = float(np.exp(rng.uniform(math.log(MIN_RADIUS), math.log(max_radius))))
+        radius = float(np.exp(rng.uniform(math.log(min_radius), math.log(max_radius))))
         cx = rng.uniform(radius, width - radius)
         cy = rng.uniform(radius, height - radius)
         mask = shape_mask(category_id, cx, cy, radius, rng.uniform(0, 2 * math.pi), (width, height))
@@ -174,9 +178,9 @@ def _crowd_region(rng: np.random.Generator, width: int, height: int) -> Instance
     x0, y0 = rng.uniform(0, width - region_w), rng.uniform(0, height - region_h)
     mask = np.zeros((height, width), dtype=bool)
     for _ in range(rng.integers(6, 13)):
-        radius = rng.uniform(3.5, 6.5)
-        cx = rng.uniform(x0 + radius, x0 + region_w - radius)
-        cy = rng.uniform(y0 + radius, y0 + region_h - radius)
+        radius = min(rng.uniform(3.5, 6.5), region_w / 2, region_h / 2)
+        cx = x0 + rng.uniform(radius, region_w - radius)
+        cy = y0 + rng.uniform(radius, region_h - radius)
         mask |= shape_mask(category_id, cx, cy, radius, rng.uniform(0, 2 * math.pi), (width, height))
     return Instance(category_id, mask, iscrowd=True) if mask.any() else None
 

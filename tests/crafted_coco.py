@@ -118,13 +118,12 @@ def build(root: Path) -> Path:
 
 
 EXPECTED_TRAIN = {
-    "kept_images": {1, 2, 3, 4, 11, 12},
-    "dropped_images": {5: "unreadable_image", 6: "unreadable_image", 7: "missing_file", 8: "size_mismatch",
-                       13: "unsupported_format"},
+    "kept_images": {1, 2, 3, 4, 11, 12, 13},
+    "dropped_images": {5: "unreadable_image", 6: "unreadable_image", 7: "missing_file", 8: "size_mismatch"},
     "skipped_empty_images": 2,  # 9 (no annotation) and 10 (crowd only)
     "dropped_annotations": {3: "degenerate_box", 4: "degenerate_box", 5: "box_outside_image",
                             10: "invalid_segmentation", 11: "unknown_image", 12: "malformed"},
-    "image_modes": {"RGB": 2, "L": 1, "RGBA": 1, "CMYK": 1, "I;16": 1},
+    "image_modes": {"RGB": 3, "L": 1, "RGBA": 1, "CMYK": 1, "I;16": 1},
     "crowd_ids": {7, 8},
 }
 

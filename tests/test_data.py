@@ -2,7 +2,6 @@
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torchvision import tv_tensors
@@ -23,7 +22,15 @@ from pipeline.synthetic import generate
 from tests import crafted_coco
 
 SIZE = 64
-NO_AUGMENT = AugmentParams(photometric=False, expand=False, random_crop=False, hflip=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensor ops on 2 shared cores run faster without intra-op threads (as in loader workers)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def input_params(size: int = SIZE, **augment) -> InputParams:
@@ -99,7 +106,7 @@ def test_images_are_normalised_rgb_whatever_their_mode(crafted):
         gray = modes[name]
         assert torch.allclose(gray[0], gray[1], atol=1e-3) and torch.allclose(gray[1], gray[2], atol=1e-3)
     assert (modes["deep.png"] - modes["gray.jpg"]).abs().mean() < 3  # 16-bit scaled to 8
-    for name in ("rgba.png", "cmyk.jpg"):
+    for name in ("rgba.png", "cmyk.jpg", "bitmap.bmp"):
         assert (modes[name] - rgb).abs().mean() < 12
 
 
@@ -197,6 +204,17 @@ def test_random_train_items_have_boxes_matching_masks(synthetic):
                 assert torch.allclose(pixel_boxes(target, 96), mask_extents(target["masks"]), atol=1.0)
                 instances += len(target["masks"])
     assert instances > len(dataset)  # most instances survive the crops
+
+
+def test_without_crops_no_instance_is_lost(synthetic):
+    dataset = InstanceDataset(synthetic, "train", build_transforms(input_params(size=96, random_crop=False), train=True))
+    torch.manual_seed(0)
+    for index, image_id in enumerate(dataset.image_ids):
+        anns = dataset.coco.imgToAnns[image_id]
+        _, target = dataset[index]
+        assert len(target["boxes"]) == sum(not a["iscrowd"] for a in anns)
+        assert len(target["crowd_boxes"]) == sum(a["iscrowd"] for a in anns)
+        assert torch.allclose(pixel_boxes(target, 96), mask_extents(target["masks"]), atol=1.0)
 
 
 def test_transforms_are_reproducible_from_the_torch_seed(synthetic):

@@ -12,7 +12,7 @@ from pipeline.coco import clean_annotation, prepare, select_categories, size_buc
 from pipeline.data import load_coco
 from pipeline.errors import PipelineError
 from tests import crafted_coco
-from tests.conftest import PYTHON, REPO, stage_env
+from tests.conftest import PYTHON, stage_env
 
 SPLITS = {"train": "train", "val": "val"}
 
@@ -38,15 +38,14 @@ def test_every_broken_input_is_counted_with_its_reason(root, tmp_path):
     assert train["skipped_empty_images"] == expected["skipped_empty_images"]
     assert train["image_modes"] == expected["image_modes"]
     assert train["clipped_boxes"] == 1 and train["repaired_segmentations"] == 1
-    assert train["dropped_by_reason"]["images"] == {
-        "unreadable_image": 2, "missing_file": 1, "size_mismatch": 1, "unsupported_format": 1}
+    assert train["dropped_by_reason"]["images"] == {"unreadable_image": 2, "missing_file": 1, "size_mismatch": 1}
     missing = next(d for d in train["dropped_images"] if d["reason"] == "missing_file")
     assert missing["file_name"] == "missing.jpg" and "missing.jpg" in missing["detail"]
 
     cleaned = json.loads((tmp_path / "out" / "train.json").read_text())
     assert {image["id"] for image in cleaned["images"]} == expected["kept_images"]
     assert train["images"] == len(expected["kept_images"])
-    assert train["crowd"] == 2 and train["instances"] == 9  # ids 1, 2, 6, 9, 13, 14, 15, 22 and the dog 21
+    assert train["crowd"] == 2 and train["instances"] == 10  # ids 1, 2, 6, 9, 13, 14, 15, 21 (dog), 22, 23
     anns = {a["id"]: a for a in cleaned["annotations"]}
     assert {i for i, a in anns.items() if a["iscrowd"]} == expected["crowd_ids"]
     assert anns[6]["bbox"] == [50, 30, 14, 18]
@@ -127,7 +126,8 @@ def test_prepared_files_load_in_pycocotools(root, tmp_path):
 
 def test_clean_annotation_clips_and_computes_missing_area():
     image = {"id": 1, "width": 10, "height": 10}
-    raw = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [-2, 5, 6, 20], "segmentation": [[-2, 5, 4, 5, 4, 25, -2, 25]]}
+    raw = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [-2, 5, 6, 20],
+           "segmentation": [[-2, 5, 4, 5, 4, 25, -2, 25]]}
     cleaned, drop, fixes = clean_annotation(raw, image, {1}, set())
     assert drop is None and fixes == ("clipped",)
     assert cleaned["bbox"] == [0, 5, 4, 5]
@@ -172,7 +172,8 @@ def test_stage_writes_prepared_data_summary_and_figure(tmp_path):
     assert result.returncode == 0, result.stderr
 
     prepared = tmp_path / "data" / "prepared"
-    assert json.loads((prepared / "image_dirs.json").read_text()) == {"train": "synthetic/train", "val": "synthetic/val"}
+    image_dirs = json.loads((prepared / "image_dirs.json").read_text())
+    assert image_dirs == {"train": "synthetic/train", "val": "synthetic/val"}
     assert len(json.loads((prepared / "labels.json").read_text())) >= 5
     summary = json.loads((tmp_path / "reports" / "data" / "summary.json").read_text())
     assert summary["source"] == "synthetic"

@@ -12,7 +12,9 @@ from pipeline.config import SyntheticParams
 from pipeline.data import load_coco
 from pipeline.synthetic import CATEGORIES, MIN_VISIBLE, generate, render_image, rle_uncompressed, shape_mask
 
-SMALL = SyntheticParams(train_images=10, val_images=4, width=96, height=80, min_objects=2, max_objects=5, crowd_prob=0.5)
+SMALL = SyntheticParams(
+    train_images=10, val_images=4, width=96, height=80, min_objects=2, max_objects=5, crowd_prob=0.5
+)
 
 
 def files(root: Path) -> dict[str, bytes]:

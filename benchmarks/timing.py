@@ -1,0 +1,80 @@
+"""Wall-clock measurement: synchronised timers, warm-up + repeated runs, and per-section totals."""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so that a timer read afterwards covers them (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of each timed call (warm-up calls excluded)."""
+
+    seconds: list[float]
+
+    @property
+    def best(self) -> float:
+        # Other processes only ever add time, so the fastest call is the least disturbed one.
+        return min(self.seconds)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"best_s": self.best, "median_s": self.median, "seconds": self.seconds}
+
+
+def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Timing:
+    """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times timed, each call synchronised."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be positive, got {repeats}")
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return Timing(seconds)
+
+
+@dataclass
+class Sections:
+    """Wall time of the named parts of a run, in the order they ran: where the benchmark spends its time."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, verbose: bool = True) -> Iterator[None]:
+        if verbose:
+            print(f"[bench] {name} ...", flush=True)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            if verbose:
+                print(f"[bench] {name}: {self.seconds[name]:.1f} s", flush=True)
+
+    def table(self) -> str:
+        """A plain-text table: section, seconds, share of the total."""
+        total = sum(self.seconds.values()) or 1.0
+        width = max([len(name) for name in self.seconds] + [len("total")])
+        lines = [f"{'section':<{width}}  {'seconds':>8}  {'share':>6}"]
+        for name, seconds in self.seconds.items():
+            lines.append(f"{name:<{width}}  {seconds:8.1f}  {seconds / total:6.1%}")
+        lines.append(f"{'total':<{width}}  {total:8.1f}  {1:6.1%}")
+        return "\n".join(lines)

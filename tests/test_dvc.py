@@ -1,0 +1,78 @@
+"""The DVC pipeline end to end in a scratch git repository with tiny params."""
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import PYTHON, stage_env
+from tests.tiny import make_project
+
+DVC = str(Path(PYTHON).parent / "dvc")
+
+
+def dvc(project: Path, *args: str) -> str:
+    env = stage_env(PATH=f"{Path(PYTHON).parent}:{stage_env()['PATH']}", DVC_NO_ANALYTICS="1")
+    proc = subprocess.run([DVC, *args], cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory):
+    project = make_project(tmp_path_factory.mktemp("dvc") / "project", git=True)
+    output = dvc(project, "repro")
+    return project, output
+
+
+def test_dvc_repro_runs_every_stage_and_writes_the_reports(repro):
+    project, output = repro
+    assert sorted(ran_stages(output)) == sorted([
+        "prepare", "train", "evaluate", "anchors", "ablate@thresholds0-base", "ablate@thresholds1-base", "report",
+    ])
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    for iou_type in ("bbox", "segm"):
+        assert set(metrics[iou_type]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+        assert all(-1 <= v <= 1 for v in metrics[iou_type].values())
+    table = pd.read_csv(project / "reports/ablation.csv")
+    assert {"pos_iou", "neg_iou", "anchor_scales", "bbox_AP", "segm_AP", "mlflow_run_id"} <= set(table.columns)
+    assert len(table) == 2
+    for path in ("reports/ablation.md", "reports/ablation_heatmap.png", "reports/anchors/anchor_stats.csv",
+                 "reports/eval/examples.png", "reports/eval/per_class_ap.csv", "reports/eval/pr_curves.csv",
+                 "reports/train/log.csv", "reports/data/summary.json", "reports/data/box_sizes.png"):
+        assert (project / path).is_file(), path
+    assert ran_stages(dvc(project, "repro")) == []  # everything cached
+
+
+def test_changing_one_grid_value_reruns_exactly_one_ablation_cell(repro):
+    project, _ = repro
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["ablation"]["thresholds"][1] = [0.7, 0.5]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ran = ran_stages(dvc(project, "repro"))
+    assert [s for s in ran if s.startswith("ablate@")] == ["ablate@thresholds1-base"]
+    assert not {"prepare", "train", "evaluate"} & set(ran)
+    table = pd.read_csv(project / "reports/ablation.csv")
+    assert sorted(table["pos_iou"]) == [0.5, 0.7]
+
+
+def test_exp_run_reruns_only_what_depends_on_the_param(repro):
+    project, _ = repro
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "commit", "-qm", "after repro"], cwd=project, check=True)
+    ran = ran_stages(dvc(project, "exp", "run", "-n", "pos06", "-S", "loss.pos_iou=0.6"))
+    assert set(ran) == {"train", "evaluate", "report"}
+    shown = json.loads(dvc(project, "exp", "show", "--json"))
+    experiments = [exp for commit in shown for exp in (commit.get("experiments") or [])]
+    (exp,) = [e for e in experiments if e.get("name") == "pos06"]
+    data = exp["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["loss"]["pos_iou"] == 0.6
+    metrics = data["metrics"]["reports/metrics.json"]["data"]
+    assert set(metrics["segm"]) >= {"AP", "AP50"}

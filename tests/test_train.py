@@ -1,0 +1,162 @@
+"""The train loop: schedule, sample stream, learning, determinism, resume, NaN guard, DDP."""
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from pipeline import config
+from pipeline.errors import PipelineError
+from pipeline.train import Dist, SampleStream, TrainOutputs, learning_rate, load_checkpoint, train
+from tests.conftest import PYTHON, stage_env
+
+
+def params_for(project: Path, **dotted) -> config.Params:
+    return config.replace(config.load(project / "params.yaml"), **dotted)
+
+
+def outputs_in(directory: Path) -> TrainOutputs:
+    return TrainOutputs(directory / "model.pt", directory / "log.csv", directory / "checkpoints")
+
+
+def test_learning_rate_warms_up_linearly_then_steps():
+    tp = config.from_dict({"train": {"lr": 0.01, "warmup_lr": 0.001, "warmup_iterations": 10,
+                                     "lr_steps": [20, 30], "lr_gamma": 0.1}}).train
+    assert learning_rate(0, tp) == pytest.approx(0.001)
+    assert learning_rate(5, tp) == pytest.approx(0.0055)
+    assert learning_rate(10, tp) == pytest.approx(0.01)
+    assert learning_rate(19, tp) == pytest.approx(0.01)
+    assert learning_rate(20, tp) == pytest.approx(0.001)
+    assert learning_rate(30, tp) == pytest.approx(0.0001)
+
+
+def test_sample_stream_is_resumable_and_splits_the_global_batch():
+    def batches(stream, count):
+        it = iter(stream)
+        return [next(it) for _ in range(count)]
+
+    full = batches(SampleStream(10, 4, seed=3, start_iteration=0, dist_info=Dist()), 6)
+    assert sorted(i for i, _ in full[0] + full[1] + [full[2][0], full[2][1]]) == list(range(10))  # one epoch
+    assert batches(SampleStream(10, 4, 3, 4, Dist()), 2) == full[4:6]  # resume at iteration 4
+    rank0 = batches(SampleStream(10, 4, 3, 0, Dist(0, 2)), 6)
+    rank1 = batches(SampleStream(10, 4, 3, 0, Dist(1, 2)), 6)
+    assert [a + b for a, b in zip(rank0, rank1)] == full
+    seeds = [s for batch in full for _, s in batch]
+    assert len(set(seeds)) == len(seeds)  # a fresh augmentation seed for every sample
+
+
+def test_loss_falls_on_a_tiny_config(tiny_project, tmp_path):
+    params = params_for(tiny_project, **{"train.iterations": 36, "train.lr_steps": [], "train.checkpoint_every": 100})
+    train(params, tiny_project / "data/prepared", outputs_in(tmp_path), progress=False)
+    log = pd.read_csv(tmp_path / "log.csv")
+    first, last = log["loss"][:6].mean(), log["loss"][-6:].mean()
+    assert list(log["iteration"]) == list(range(1, 37))
+    assert last < 0.8 * first, (first, last)
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_same_params_give_the_same_weights(tiny_project, tmp_path):
+    params = params_for(tiny_project, **{"train.iterations": 6})
+    train(params, tiny_project / "data/prepared", outputs_in(tmp_path / "a"), progress=False)
+    train(params, tiny_project / "data/prepared", outputs_in(tmp_path / "b"), progress=False)
+    _assert_same_weights(_weights(tmp_path / "a/model.pt"), _weights(tmp_path / "b/model.pt"))
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_project, tmp_path):
+    iterations = 10
+    overrides = {"train": {"iterations": iterations, "checkpoint_every": 2, "lr_steps": [6]}}
+    project = tmp_path / "killed"
+    shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "models"))
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["train"].update(overrides["train"])
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    reference = tmp_path / "reference"
+    train(config.load(project / "params.yaml"), project / "data/prepared", outputs_in(reference), progress=False)
+
+    env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+    proc = subprocess.Popen([PYTHON, "-m", "stages.train"], cwd=project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoints = project / "models/checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        found = list(checkpoints.glob("[!.]*.pt"))
+        if found and load_checkpoint(found[0])["iteration"] >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(next(checkpoints.glob("[!.]*.pt")))["iteration"]
+    assert 4 <= killed_at < iterations
+    assert not (project / "models/model.pt").exists()
+
+    rerun = subprocess.run([PYTHON, "-m", "stages.train"], cwd=project, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from" in rerun.stdout + rerun.stderr
+    _assert_same_weights(_weights(project / "models/model.pt"), _weights(reference / "model.pt"))
+    assert (project / "reports/train/log.csv").read_text().count("\n") == iterations + 1
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_project, tmp_path):
+    from pipeline.loss import yolact_loss
+
+    calls = {"n": 0}
+
+    def poisoned(predictions, targets, loss_params, **kwargs):
+        losses = yolact_loss(predictions, targets, loss_params, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 6:
+            losses["mask"] = losses["mask"] * float("nan")
+            losses["total"] = losses["total"] + losses["mask"]
+        return losses
+
+    params = params_for(tiny_project, **{"train.iterations": 10, "train.checkpoint_every": 4})
+    outputs = outputs_in(tmp_path)
+    with pytest.raises(PipelineError, match=r"non-finite loss at iteration 6: mask = nan.*last good checkpoint kept"):
+        train(params, tiny_project / "data/prepared", outputs, loss_fn=poisoned, progress=False)
+    (checkpoint,) = outputs.checkpoint_dir.glob("[!.]*.pt")
+    assert load_checkpoint(checkpoint)["iteration"] == 4
+    assert not outputs.model_path.exists()
+
+
+def test_torchrun_two_processes_match_one_process(tiny_project, tmp_path):
+    """DDP on CPU (gloo), 2 x 2 images against 1 x 4 images: same samples, same augmentation.
+
+    BatchNorm statistics are per process under DDP, so the backbone's BN runs in eval mode here
+    (model.backbone.norm_eval) to compare like with like; the loss is normalised by the global number
+    of positives. What remains is float summation order: weights agree to 1e-4 after 4 SGD steps.
+    """
+    project = tmp_path / "ddp"
+    shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "models"))
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["train"].update({"iterations": 4, "checkpoint_every": 100, "batch_size": 4})
+    raw["model"]["backbone"]["norm_eval"] = True
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    single = tmp_path / "single"
+    train(config.load(project / "params.yaml"), project / "data/prepared", outputs_in(single), progress=False)
+
+    torchrun = Path(PYTHON).parent / "torchrun"
+    env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", OMP_NUM_THREADS="1")
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "stages.train"],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp, one = _weights(project / "models/model.pt"), _weights(single / "model.pt")
+    assert ddp.keys() == one.keys()
+    worst = max(float((ddp[k].float() - one[k].float()).abs().max()) for k in one)
+    assert worst < 1e-4, worst
