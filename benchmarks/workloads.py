@@ -141,11 +141,16 @@ def yolact_infer_step(
     return step
 
 
-def build_maskrcnn(image_size: int) -> nn.Module:
-    """torchvision's Mask R-CNN R-50-FPN, randomly initialised, resizing to exactly ``image_size``."""
+def build_maskrcnn(image_size: int, **options: int) -> nn.Module:
+    """torchvision's Mask R-CNN R-50-FPN, randomly initialised, resizing to exactly ``image_size``.
+
+    ``options`` are further ``MaskRCNN`` arguments (the smoke test shrinks the proposal and RoI counts).
+    """
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-    return maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=image_size, max_size=image_size)
+    return maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=image_size, max_size=image_size, **options
+    )
 
 
 def maskrcnn_train_step(

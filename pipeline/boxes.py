@@ -54,7 +54,10 @@ def box_ioa(boxes: Tensor, regions: Tensor) -> Tensor:
 
 
 def _buffers(
-    boxes1: Sequence[Tensor], boxes2: Sequence[Tensor], out: Optional[Tensor], scratch: Optional[tuple[Tensor, Tensor]]
+    boxes1: Sequence[Tensor],
+    boxes2: Sequence[Tensor],
+    out: Optional[Tensor],
+    scratch: Optional[tuple[Tensor, Tensor]],
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     if out is None or scratch is None:
         shape = torch.broadcast_shapes(*(c.shape for c in (*boxes1, *boxes2)))
@@ -82,7 +85,7 @@ def _area(boxes: Sequence[Tensor]) -> Tensor:
 
 
 def encode(matched: Tensor, priors: Tensor, variances: Sequence[float] = VARIANCES) -> Tensor:
-    """Regression targets ``[P, 4]`` for ``matched`` xyxy boxes ``[P, 4]`` against cxcywh ``priors [P, 4]``.
+    """Regression targets ``[..., P, 4]`` for ``matched`` xyxy boxes ``[..., P, 4]`` and cxcywh ``priors [P, 4]``.
 
     ``d_cxcy = (c_gt - c_prior) / (v0 * wh_prior)``, ``d_wh = log(wh_gt / wh_prior) / v1``.
     """

@@ -1,13 +1,10 @@
 """Loading prepared data: the instance dataset, its transforms and the batch collate.
 
-Randomness: the train transforms draw from torch's global RNG, which a DataLoader seeds per worker
-from the base seed (``torch.manual_seed`` in the main process fixes it); with ``num_workers=0`` they
-share the training process's RNG stream.
+Randomness: the train transforms draw from torch's global RNG. The train loop seeds it for every
+sample (:class:`pipeline.train.SeededSamples`), so augmentation does not depend on workers or resumes.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -15,13 +12,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools.coco import COCO
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from .config import InputParams
+from .evaluation import load_coco
 
 Transform = Callable[[Any, Any], tuple[Any, Any]]
 
@@ -42,12 +39,6 @@ def image_dir(prepared_dir: str | Path, role: str) -> Path:
 def read_label_map(prepared_dir: str | Path) -> list[dict[str, Any]]:
     """``[{"label": 0, "category_id": ..., "name": ...}, ...]``, labels contiguous from 0."""
     return json.loads((Path(prepared_dir) / "labels.json").read_text())
-
-
-def load_coco(path: str | Path) -> COCO:
-    """A pycocotools COCO index of ``path``, without its progress prints."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(path))
 
 
 class InstanceDataset(torch.utils.data.Dataset):

@@ -34,7 +34,8 @@ def yolact_loss(
     """Weighted loss terms ``box``, ``conf``, ``mask``, ``semantic`` and their sum ``total`` (scalars).
 
     ``predictions``: the model's train-mode dict (``loc [B, P, 4]``, ``conf [B, P, C+1]`` logits,
-    ``mask [B, P, k]`` coefficients, ``priors [P, 4]``, ``proto [B, h, w, k]``, optional ``segm [B, C, h', w']``).
+    ``mask [B, P, k]`` coefficients, ``priors [P, 4]``, ``proto [B, h, w, k]``, optional
+    ``segm [B, C, h', w']``).
     ``targets``: per image ``boxes [G, 4]`` normalised xyxy, ``labels [G]`` 0-based, ``masks [G, S, S]``
     uint8, optional ``crowd_boxes [K, 4]``; ``G = 0`` is allowed. ``world_size > 1`` averages the
     positive count over the initialised process group so every process normalises alike.
@@ -57,19 +58,17 @@ def yolact_loss(
             conf_sum = focal_conf_loss(conf, conf_t, loss_params.focal_alpha, loss_params.focal_gamma)
         else:
             conf_sum = ohem_conf_loss(conf, conf_t, loss_params.ohem_negpos_ratio)
+        mask_sum = mask_loss(proto, coeffs, pos, matched_idx, gt_masks, gt_boxes, loss_params.masks_to_train)
+        if "segm" in predictions:
+            semantic = semantic_loss(predictions["segm"].float(), gt_masks, gt_labels)
+        else:
+            semantic = loc.new_zeros(())
         losses = {
             "box": loss_params.box_weight * box_loss(loc, loc_t, pos) / num_pos,
             "conf": loss_params.conf_weight * conf_sum / num_pos,
-            "mask": loss_params.mask_weight
-            * mask_loss(proto, coeffs, pos, matched_idx, gt_masks, gt_boxes, loss_params.masks_to_train)
-            / num_pos,
+            "mask": loss_params.mask_weight * mask_sum / num_pos,
+            "semantic": loss_params.semantic_weight * semantic,
         }
-        if "segm" in predictions:
-            losses["semantic"] = loss_params.semantic_weight * semantic_loss(
-                predictions["segm"].float(), gt_masks, gt_labels
-            )
-        else:
-            losses["semantic"] = loc.new_zeros(())
         losses["total"] = sum(losses.values())
     return losses
 
@@ -163,7 +162,8 @@ def semantic_loss(segm: Tensor, gt_masks: Sequence[Tensor], gt_labels: Sequence[
     for b in range(batch):
         masks = downsample_masks(gt_masks[b], (height, width))
         per_class = torch.einsum("gc,ghw->chw", F.one_hot(gt_labels[b], num_classes).to(masks.dtype), masks)
-        total = total + F.binary_cross_entropy_with_logits(segm[b], (per_class > 0).to(segm.dtype), reduction="sum")
+        target = (per_class > 0).to(segm.dtype)
+        total = total + F.binary_cross_entropy_with_logits(segm[b], target, reduction="sum")
     return total / (height * width) / batch
 
 

@@ -11,10 +11,11 @@ Semantics, per image with ``G`` ground-truth boxes and ``P`` priors:
    (intersection over the prior's area) becomes neutral.
 5. Box targets: :func:`pipeline.boxes.encode` of the matched GT box.
 
-The batched implementation computes IoU only for (GT, tile of priors) pairs whose bounding boxes
-overlap (every other IoU is exactly 0), and resolves the force-match in rounds: all GTs whose best
-priors are distinct are assigned at once, and only the GTs that lost their prior are re-examined.
-The result is identical to the sequential loop (``tests/reference_match.py``).
+:func:`match_batch` pads the GTs of a batch and never loops over GTs in Python. On CPUs it computes
+IoU only for (GT, tile of priors) pairs whose bounding boxes overlap (every other IoU is exactly 0);
+on GPUs, the whole matrix. It resolves the force-match in a few rounds that each assign every pair
+the sequential loop is bound to take, re-examining only the GTs that lost their best prior. Its
+outputs are identical to the sequential loop's (``tests/reference_match.py``), ties included.
 """
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ def match_batch(
 
 
 def _pad(tensors: Sequence[Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Stack ``[N_i, ...]`` tensors into ``[B, max N_i, ...]`` with zeros, and the ``[B, max N_i]`` validity mask."""
+    """Stack ``[N_i, ...]`` tensors into zero-padded ``[B, max N_i, ...]`` and a ``[B, max N_i]`` validity mask."""
     longest = max((len(t) for t in tensors), default=0)
     out = tensors[0].new_zeros((len(tensors), longest, *tensors[0].shape[1:])).to(device)
     valid = torch.zeros(len(tensors), longest, dtype=torch.bool, device=device)
@@ -127,7 +128,7 @@ def _overlap_summaries(
 
 
 def _dense_summaries(gt_boxes: Tensor, prior_boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`_overlap_summaries` from the whole matrix (padding GTs are zero boxes: IoU 0, after the real ones)."""
+    """:func:`_overlap_summaries` from the whole matrix; padding GTs are zero boxes (IoU 0) after the real ones."""
     iou = coords_iou(gt_boxes.permute(2, 0, 1)[..., None], prior_boxes.T[:, None, None, :])  # [B, G, P]
     scratch = torch.empty_like(iou)
     overlap, matched_idx = _max_first(iou, 1, scratch)
@@ -152,9 +153,9 @@ def _tiled_summaries(
     tiles = padded.view(num_tiles, _TILE, 4).permute(2, 0, 1).contiguous()  # [4, T, _TILE]
     tile_lo, tile_hi = tiles[:2].amin(2), tiles[2:].amax(2)  # [2, T]
 
-    gt = gt_boxes.permute(2, 0, 1)[:, :, None, :]  # [4, B, 1, G]
-    hits = valid[:, None, :] & (gt[0] < tile_hi[0, :, None]) & (gt[1] < tile_hi[1, :, None])
-    hits &= (gt[2] > tile_lo[0, :, None]) & (gt[3] > tile_lo[1, :, None])  # [B, T, G]
+    corners = gt_boxes.permute(2, 0, 1)[:, :, None, :]  # [4, B, 1, G]
+    hits = valid[:, None, :] & (corners[0] < tile_hi[0, :, None]) & (corners[1] < tile_hi[1, :, None])
+    hits &= (corners[2] > tile_lo[0, :, None]) & (corners[3] > tile_lo[1, :, None])  # [B, T, G]
     hits = hits.view(batch * num_tiles, num_gt)
     count = hits.sum(1)
     # Per unit, the GTs that hit it in ascending order; the slots after them repeat GT 0, harmlessly.
@@ -167,11 +168,11 @@ def _tiled_summaries(
     matched_idx = torch.zeros_like(overlap, dtype=torch.long)
     buckets = _buckets(count, num_gt)
     # One workspace for all chunks: fresh large tensors per operation cost more than the arithmetic.
-    size = max((min(len(units), max(1, _CHUNK // (width * _TILE))) * width * _TILE for units, width in buckets), default=0)
+    size = max((min(len(units), _units_per_chunk(width)) * width * _TILE for units, width in buckets), default=0)
     workspace = [gt_boxes.new_empty(size) for _ in range(3)]
     rows, row_best, row_prior = [], [], []
     for units, width in buckets:
-        for chunk in units.split(max(1, _CHUNK // (width * _TILE))):
+        for chunk in units.split(_units_per_chunk(width)):
             gts = slots[chunk, :width]  # [U, K]
             img, tile = chunk // num_tiles, chunk % num_tiles
             boxes = gt_boxes[img[:, None], gts].permute(2, 0, 1).contiguous()[..., None]  # [4, U, K, 1]
@@ -216,6 +217,10 @@ def _buckets(count: Tensor, num_gt: int) -> list[tuple[Tensor, int]]:
     return buckets
 
 
+def _units_per_chunk(width: int) -> int:
+    return max(1, _CHUNK // (width * _TILE))
+
+
 def _max_first(values: Tensor, dim: int, scratch: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """``values.max(dim)`` (first index among ties) via ``amax``, which is much faster on CPU.
 
@@ -239,32 +244,31 @@ def _force_match(
     valid: Tensor,
     prior_boxes: Tensor,
 ) -> None:
-    """Give every GT its best remaining prior, in the sequential loop's order; updates ``overlap``/``matched_idx``.
+    """Give every GT its best remaining prior as the sequential loop does; updates ``overlap``/``matched_idx``.
 
-    The loop always takes the GT with the highest current row maximum. Ranking the GTs by
-    (row maximum desc, index asc), every GT before the first one whose best prior repeats an earlier
-    GT's best prior is assigned exactly as the loop would (removing another GT's column cannot raise a
-    row maximum, and does not touch the rows that still have their argmax). Those are assigned in one
-    step; GTs that lost their prior get their row maximum recomputed over the remaining priors.
+    The loop is greedy matching: it takes (GT, prior) pairs in the order (IoU desc, GT asc, prior asc)
+    whenever both are still free. A pair that comes first in that order among all pairs sharing its GT
+    or its prior ("dominant": the prior is the GT's best free prior, and no other free GT beats the GT
+    on that prior) is taken by the loop whatever happens elsewhere, so all dominant pairs are assigned
+    at once, round after round (each round has at least one: the first remaining pair). GTs whose best
+    prior was taken get their best recomputed over the free priors.
     """
-    batch, num_gt = valid.shape
+    num_gt = valid.shape[1]
+    gts = gt_boxes.permute(2, 0, 1)[:, :, None, :]  # [4, B, 1, G]
     priors = prior_boxes.T[:, None, :].contiguous()  # [4, 1, P]
     active = valid.clone()
     taken = torch.zeros_like(overlap, dtype=torch.bool)
-    earlier = torch.ones(num_gt, num_gt, dtype=torch.bool, device=valid.device).tril(-1)
-    positions = torch.arange(num_gt, device=valid.device)
+    index = torch.arange(num_gt, device=valid.device)
+    earlier = index[None, :] < index[:, None]  # [g, g']: g' < g
     while active.any():
-        score = gt_best.masked_fill(~active, -float("inf"))
-        order = score.sort(dim=1, descending=True, stable=True).indices
-        prior = gt_best_prior.gather(1, order)
-        live = active.gather(1, order)
-        repeats = (prior[:, :, None] == prior[:, None, :]) & live[:, :, None] & live[:, None, :] & earlier
-        repeated = repeats.any(2)
-        stop = torch.where(repeated.any(1), repeated.int().argmax(1), num_gt)
-        assign = live & (positions < stop[:, None])
+        # IoU of every GT g' with each GT g's best prior: [B, g, g'].
+        contested = coords_iou(gts, prior_boxes[gt_best_prior].permute(2, 0, 1)[..., None])
+        best = gt_best[..., None]
+        beaten = ((contested > best) | ((contested == best) & earlier)) & active[:, None, :]
+        dominant = active & ~beaten.any(2)
 
-        img, rank = assign.nonzero(as_tuple=True)
-        gt, column = order[img, rank], prior[img, rank]
+        img, gt = dominant.nonzero(as_tuple=True)
+        column = gt_best_prior[img, gt]
         overlap[img, column] = 2.0
         matched_idx[img, column] = gt
         taken[img, column] = True

@@ -48,7 +48,8 @@ def test_encode_hand_example():
     matched = torch.tensor([[0.45, 0.35, 0.85, 0.75]])  # centre (0.65, 0.55), size (0.4, 0.4)
     expected = torch.tensor([[0.15 / 0.02, 0.05 / 0.04, math.log(2) / 0.2, 0.0]])
     torch.testing.assert_close(encode(matched, prior), expected)
-    torch.testing.assert_close(encode(matched, prior, variances=(1.0, 1.0)), expected * torch.tensor([0.1, 0.1, 0.2, 1]))
+    unit_variances = encode(matched, prior, variances=(1.0, 1.0))
+    torch.testing.assert_close(unit_variances, expected * torch.tensor([0.1, 0.1, 0.2, 1.0]))
 
 
 def test_encode_decode_round_trip():

@@ -9,7 +9,8 @@ from torchvision.ops import masks_to_boxes
 
 from pipeline.coco import prepare
 from pipeline.config import InputParams
-from pipeline.data import InstanceDataset, build_transforms, load_coco, read_label_map
+from pipeline.data import InstanceDataset, build_transforms, read_label_map
+from pipeline.evaluation import load_coco
 from tests.conftest import COCO_TINY
 
 SPLITS = {"train": "train2017", "val": "val2017"}

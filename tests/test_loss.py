@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
+from pipeline.anchors import make_priors
 from pipeline.config import LossParams, load
 from pipeline.loss import (
     box_loss,
@@ -134,8 +135,6 @@ def test_semantic_loss_uses_per_class_unions():
 def synthetic_batch(num_gts, size=64, num_classes=3, k=4, seed=0):
     """Random predictions shaped like the model's, for ``len(num_gts)`` images, and matching targets."""
     g = torch.Generator().manual_seed(seed)
-    from pipeline.anchors import make_priors
-
     priors = make_priors(size, [(8, 8), (4, 4), (2, 2)], [[8], [20], [40]], [1.0, 0.5, 2.0])
     batch, p = len(num_gts), len(priors)
     predictions = {
@@ -209,4 +208,4 @@ def test_yolact_loss_trains_the_real_model():
     losses["total"].backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    assert model.head.mask_layer.weight.grad.abs().sum() > 0 and model.protonet is not None
+    assert model.head.mask_layer.weight.grad.abs().sum() > 0  # the mask loss reaches the coefficients

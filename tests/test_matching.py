@@ -29,7 +29,9 @@ def random_case(g: torch.Generator, max_gt: int, grid: int = 0):
     if num_gt > 1 and torch.rand((), generator=g) < 0.5:
         boxes[-1] = boxes[0]  # duplicate GT: exact ties in every column
     labels = torch.randint(0, 5, (num_gt,), generator=g)
-    crowds = random_boxes(int(torch.randint(1, 3, (), generator=g)), g) if torch.rand((), generator=g) < 0.5 else None
+    crowds = None
+    if torch.rand((), generator=g) < 0.5:
+        crowds = random_boxes(int(torch.randint(1, 3, (), generator=g)), g)
     return boxes, labels, crowds
 
 
@@ -78,13 +80,25 @@ def test_match_batch_equals_per_image_match():
     conf_t, matched_idx, loc_t = match_batch(boxes, labels, SMALL_PRIORS, 0.5, 0.4, crowds, 0.7)
     assert conf_t.shape == matched_idx.shape == (7, 252) and loc_t.shape == (7, 252, 4)
     for i, case in enumerate(cases):
-        assert_same((conf_t[i], matched_idx[i], loc_t[i]), match(*case[:2], SMALL_PRIORS, 0.5, 0.4, case[2], 0.7))
-        assert_same((conf_t[i], matched_idx[i], loc_t[i]), reference_match(*case[:2], SMALL_PRIORS, 0.5, 0.4, case[2]))
+        boxes, labels, crowds = case
+        batched = (conf_t[i], matched_idx[i], loc_t[i])
+        assert_same(batched, match(boxes, labels, SMALL_PRIORS, 0.5, 0.4, crowds, 0.7))
+        assert_same(batched, reference_match(boxes, labels, SMALL_PRIORS, 0.5, 0.4, crowds, 0.7))
+
+
+def test_match_batch_equals_reference_at_benchmark_scale():
+    g = torch.Generator().manual_seed(9)
+    boxes = [random_boxes(n, g).clamp(0, 1) for n in (100, 60, 0)]
+    labels = [torch.randint(0, 80, (len(b),), generator=g) for b in boxes]
+    result = match_batch(boxes, labels, YOLACT_PRIORS, 0.5, 0.4)
+    for i, (b, l) in enumerate(zip(boxes, labels)):
+        assert_same([r[i] for r in result], reference_match(b, l, YOLACT_PRIORS, 0.5, 0.4))
 
 
 def test_dense_and_tiled_overlap_summaries_agree():
     g = torch.Generator().manual_seed(5)
-    gt_boxes, valid = _pad([random_boxes(n, g, grid) for n, grid in ((9, 0), (0, 0), (30, 8))], torch.device("cpu"))
+    boxes = [random_boxes(n, g, grid) for n, grid in ((9, 0), (0, 0), (30, 8))]
+    gt_boxes, valid = _pad(boxes, torch.device("cpu"))
     prior_boxes = point_form(YOLACT_PRIORS[::7])  # a prior count that is no multiple of the tile size
     dense = _dense_summaries(gt_boxes, prior_boxes)
     tiled = _tiled_summaries(gt_boxes, valid, prior_boxes)
@@ -93,7 +107,9 @@ def test_dense_and_tiled_overlap_summaries_agree():
 
 
 # Four priors: the quadrants of the unit square.
-QUADRANTS = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.75, 0.25, 0.5, 0.5], [0.25, 0.75, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]])
+QUADRANTS = torch.tensor(
+    [[0.25, 0.25, 0.5, 0.5], [0.75, 0.25, 0.5, 0.5], [0.25, 0.75, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]]
+)
 
 
 def test_force_match_hand_example():
@@ -117,7 +133,10 @@ def test_force_match_gives_zero_overlap_gt_the_first_free_prior():
     assert conf_t.tolist() == [1, 2, 0, 0] and matched_idx.tolist() == [0, 1, 0, 0]
 
 
-SLIDING = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.45, 0.25, 0.5, 0.5], [0.55, 0.25, 0.5, 0.5], [0.25, 0.75, 0.5, 0.5]])
+# Priors sliding right along the top of the square, and one at the bottom left.
+SLIDING = torch.tensor(
+    [[0.25, 0.25, 0.5, 0.5], [0.45, 0.25, 0.5, 0.5], [0.55, 0.25, 0.5, 0.5], [0.25, 0.75, 0.5, 0.5]]
+)
 
 
 def test_neutral_between_thresholds():
@@ -125,7 +144,8 @@ def test_neutral_between_thresholds():
     conf_t, matched_idx, _ = match(torch.tensor([[0.0, 0.0, 0.5, 0.5]]), torch.tensor([2]), SLIDING, 0.5, 0.4)
     assert conf_t.tolist() == [3, -1, 0, 0]
     assert matched_idx.tolist() == [0, 0, 0, 0]
-    assert match(torch.tensor([[0.0, 0.0, 0.5, 0.5]]), torch.tensor([2]), SLIDING, 0.4, 0.3)[0].tolist() == [3, 3, 0, 0]
+    lower = match(torch.tensor([[0.0, 0.0, 0.5, 0.5]]), torch.tensor([2]), SLIDING, 0.4, 0.3)
+    assert lower[0].tolist() == [3, 3, 0, 0]
 
 
 def test_crowd_neutralises_non_positive_priors_only():

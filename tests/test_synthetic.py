@@ -9,7 +9,7 @@ from pycocotools import mask as mask_utils
 
 from pipeline.coco import size_bucket
 from pipeline.config import SyntheticParams
-from pipeline.data import load_coco
+from pipeline.evaluation import load_coco
 from pipeline.synthetic import CATEGORIES, MIN_VISIBLE, generate, render_image, rle_uncompressed, shape_mask
 
 SMALL = SyntheticParams(
