@@ -1,8 +1,6 @@
-"""Where a missed target's time goes: the top operators (torch.profiler) or Python functions (cProfile)."""
+"""Where a missed target's time goes: the operators of one step by self time (torch.profiler)."""
 from __future__ import annotations
 
-import cProfile
-import pstats
 from typing import Callable
 
 import torch
@@ -25,21 +23,3 @@ def top_ops(fn: Callable[[], object], device: torch.device, top: int = 8) -> lis
         {"op": e.key, "calls": e.count, "self_ms": getattr(e, attribute) / 1e3, "share": getattr(e, attribute) / total}
         for e in events[:top]
     ]
-
-
-def top_functions(fn: Callable[[], object], top: int = 8) -> list[dict[str, object]]:
-    """Python functions of one call of ``fn`` by own time (cProfile ``tottime``): name, calls, ms, share."""
-    profiler = cProfile.Profile()
-    profiler.runcall(fn)
-    stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, prim calls, tottime, cumtime, callers)}
-    total = sum(row[2] for row in stats.values()) or 1.0
-    rows = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
-    return [
-        {"op": f"{name} ({_short(path)}:{line})", "calls": row[0], "self_ms": row[2] * 1e3, "share": row[2] / total}
-        for (path, line, name), row in rows
-    ]
-
-
-def _short(path: str) -> str:
-    parts = path.replace("\\", "/").split("/")
-    return "/".join(parts[-2:])

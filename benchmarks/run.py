@@ -1,14 +1,15 @@
 """``python -m benchmarks.run``: measure everything in one process and write ``reports/bench.{json,md}``.
 
-Sections, in order: peak matmul (fp32, bf16); YOLACT R-50 at 550 px, batch 2 (FLOPs, training and
-inference in fp32 and bf16, each in its faster memory format); torchvision's Mask R-CNN at the same
-size and batch (fp32); ``match_batch`` against the reference loop; the data loader against training
-at the default config (params.yaml). Targets that are missed get a profile of their workload.
-``--quick`` runs the same code on tiny sizes (the smoke test).
+Sections, in order: peak matmul (fp32, bf16); YOLACT R-50 at 550 px, batch 2, against torchvision's
+Mask R-CNN at the same size and batch (memory-format choice, inference, FLOPs, training); the batched
+matcher against the reference loop; the data loader against training at the default config
+(params.yaml); finally a profile of the workload behind each missed target. ``--quick`` runs the same
+code on tiny sizes (the smoke test).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any, Callable, Optional
 
 import torch
 import torchvision
+from torch.utils.data import DataLoader
 
 from pipeline.config import REPO_ROOT, Params, load, resolve_path
 from pipeline.data import read_label_map
@@ -27,21 +29,22 @@ from pipeline.model import build_model, count_flops
 from pipeline.train import autocast_dtype, select_device
 
 from . import matching as match_bench
-from .loader import loader_throughput, train_loader
-from .profiling import top_ops, top_functions
-from .report import check_targets, render_markdown
-from .timing import Sections, measure
+from .loader import loader_against_training, train_loader, transform_breakdown
+from .profiling import top_ops
+from .report import TOP_LEVEL, check_targets, render_markdown
+from .timing import Sections, measure_interleaved
 from .workloads import (
     Step,
     build_maskrcnn,
+    choose_format,
     flops_of,
     maskrcnn_infer_step,
     maskrcnn_targets,
     maskrcnn_train_step,
     matmul_gflops,
-    measure_best_format,
     random_images,
     random_instances,
+    set_memory_format,
     to_device,
     yolact_infer_step,
     yolact_train_step,
@@ -49,7 +52,7 @@ from .workloads import (
 
 YOLACT_CONFIG = "configs/yolact550_r50_coco.yaml"
 YOLACT_OVERRIDES = ("data.source=synthetic", "model.backbone.pretrained=null", "train.precision=fp32")
-# The YOLACT recipe shrunk for the smoke test: same code paths, a fraction of a second per step.
+# The YOLACT recipe shrunk for the smoke test: the same code paths at a fraction of the cost.
 QUICK_OVERRIDES = ("input.size=64", "model.backbone.depth=18", "model.backbone.base_channels=8",
                    "model.fpn.out_channels=16", "model.head.num_prototypes=4")
 NUM_CLASSES = 80  # COCO, as the R-50 recipe is trained
@@ -60,48 +63,45 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 class Settings:
     batch: int = 2
     instances_per_image: int = 4
-    matmul_size: int = 2048  # CPU; CUDA uses matmul_size_cuda
+    matmul_size: int = 2048  # on the CPU; CUDA uses matmul_size_cuda
     matmul_size_cuda: int = 8192
     match_batch: int = 8
     match_gt: int = 100
-    loader_batches: int = 20
+    loader_batches: int = 12
+    loader_profile_images: int = 24
     warmup: int = 1
     repeats: int = 3
-    default_train_repeats: int = 5
     maskrcnn_options: tuple[tuple[str, int], ...] = ()  # MaskRCNN arguments beyond torchvision's defaults
     quick: bool = False
 
 
 # Mask R-CNN's RoI heads cost the same at any image size: the smoke test samples far fewer RoIs.
 QUICK = Settings(matmul_size=256, matmul_size_cuda=1024, match_batch=2, match_gt=10, loader_batches=2,
-                 warmup=0, repeats=1, default_train_repeats=1, quick=True,
+                 loader_profile_images=2, warmup=0, repeats=1, quick=True,
                  maskrcnn_options=(("rpn_pre_nms_top_n_train", 64), ("rpn_post_nms_top_n_train", 16),
                                    ("rpn_pre_nms_top_n_test", 64), ("rpn_post_nms_top_n_test", 16),
                                    ("box_batch_size_per_image", 16)))
 
+Profile = Callable[[], list[dict[str, Any]]]
+
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
-    parser.add_argument("--repeats", type=int, help="timed runs per measurement (default 3, quick 2)")
-    parser.add_argument("--params", default="params.yaml", help="the default config, for the loader comparison")
-    parser.add_argument("--prepared", default="data/prepared", help="prepared data of --params")
-    parser.add_argument("--out", default="reports", help="where bench.json and bench.md go")
-    args = parser.parse_args(argv)
-
+    """Run the benchmarks, write ``bench.json`` and ``bench.md`` under ``--out`` and return the result."""
+    args = _parser().parse_args(argv)
     settings = QUICK if args.quick else Settings()
     if args.repeats is not None:
         settings = replace(settings, repeats=args.repeats)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = select_device(args.device)
     default_params = load(resolve_path(args.params))
     prepared = resolve_path(args.prepared)
     ensure_prepared(prepared, args)
-
     torch.manual_seed(0)
+
     sections = Sections()
-    result: dict[str, Any] = {"command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])])}
-    profile_steps: dict[str, tuple[str, Callable[[], list[dict[str, Any]]]]] = {}
+    result: dict[str, Any] = {"command": " ".join(["python -m benchmarks.run", *(sys.argv[1:] if argv is None else argv)])}
+    profiles: dict[str, tuple[str, Profile]] = {}  # per target key: what is profiled, and how
 
     with sections("peak matmul"):
         size = settings.matmul_size_cuda if device.type == "cuda" else settings.matmul_size
@@ -110,183 +110,193 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             gflops, timing = matmul_gflops(size, dtype, device, settings.warmup + 1, settings.repeats + 2)
             result["matmul"][name] = {"size": size, "gflops": gflops, **timing.as_dict()}
 
-    overrides = list(YOLACT_OVERRIDES) + (list(QUICK_OVERRIDES) if settings.quick else [])
-    yolact_params = load(REPO_ROOT / YOLACT_CONFIG, overrides)
-    image_size = yolact_params.input.size
-    generator = torch.Generator().manual_seed(0)
-    images = random_images(settings.batch, image_size, generator).to(device)
-    instances = to_device(random_instances(settings.batch, image_size, settings.instances_per_image, NUM_CLASSES, generator), device)
-    yolact = build_model(yolact_params, NUM_CLASSES).to(device)
-
-    with sections("YOLACT FLOPs and priors"):
-        forward_flops = count_flops(yolact.eval(), images[:1])
-        train_flops = flops_of(yolact_train_step(
-            yolact, images[:1], instances[:1], yolact_params.loss, yolact_params.train, None, False))
-        with torch.no_grad():
-            priors = yolact.eval()(images[:1])["priors"]
-
-    def yolact_train(precision: str, channels_last: bool) -> Step:
-        return yolact_train_step(yolact, images, instances, yolact_params.loss, yolact_params.train,
-                                 PRECISIONS[precision], channels_last)
-
-    def yolact_infer(precision: str, channels_last: bool) -> Step:
-        return yolact_infer_step(yolact, images, yolact_params.eval, yolact_params.loss.use_focal_loss,
-                                 PRECISIONS[precision], channels_last)
-
-    peaks = {name: entry["gflops"] for name, entry in result["matmul"].items()}
-    yolact_result: dict[str, Any] = {
-        "depth": yolact_params.model.backbone.depth,
-        "forward_gflops_per_image": forward_flops / 1e9,
-        "train_gflops_per_image": train_flops / 1e9,
-        "train_flops_method": "torch.utils.flop_counter over one forward + loss + backward step at batch 1",
-        "train": {}, "infer": {},
-    }
-    with sections("YOLACT training"):
-        for precision in PRECISIONS:
-            choice = measure_best_format(lambda cl: yolact_train(precision, cl), device, settings.warmup, settings.repeats)
-            per_s = settings.batch / choice.timing.best
-            gflops = train_flops / 1e9 * per_s
-            yolact_result["train"][precision] = {
-                **choice.as_dict(), "images_per_s": per_s, "gflops": gflops, "peak_share": gflops / peaks[precision],
-            }
-    with sections("YOLACT inference"):
-        for precision in PRECISIONS:
-            choice = measure_best_format(lambda cl: yolact_infer(precision, cl), device, settings.warmup, settings.repeats)
-            detections = yolact_infer(precision, choice.channels_last)()
-            per_image = choice.timing.best / settings.batch
-            gflops = forward_flops / 1e9 / per_image
-            yolact_result["infer"][precision] = {
-                **choice.as_dict(), "seconds_per_image": per_image, "gflops": gflops,
-                "peak_share": gflops / peaks[precision],
-                "detections_per_image": sum(len(d["scores"]) for d in detections) / len(detections),
-            }
-    result["yolact"] = yolact_result
-
-    maskrcnn = build_maskrcnn(image_size, **dict(settings.maskrcnn_options)).to(device)
-    mr_targets = maskrcnn_targets(instances, image_size)
-    maskrcnn_result: dict[str, Any] = {"train": {}, "infer": {}}
-    with sections("Mask R-CNN training"):
-        choice = measure_best_format(
-            lambda cl: maskrcnn_train_step(maskrcnn, images, mr_targets, yolact_params.train, cl),
-            device, settings.warmup, settings.repeats)
-        maskrcnn_result["train"]["fp32"] = {**choice.as_dict(), "images_per_s": settings.batch / choice.timing.best}
-    with sections("Mask R-CNN inference"):
-        choice = measure_best_format(lambda cl: maskrcnn_infer_step(maskrcnn, images, cl), device,
-                                     settings.warmup, settings.repeats)
-        detections = maskrcnn_infer_step(maskrcnn, images, choice.channels_last)()
-        maskrcnn_result["forward_gflops_per_image"] = flops_of(
-            maskrcnn_infer_step(maskrcnn, images[:1], choice.channels_last)) / 1e9
-        maskrcnn_result["infer"]["fp32"] = {
-            **choice.as_dict(), "seconds_per_image": choice.timing.best / settings.batch,
-            "detections_per_image": sum(len(d["scores"]) for d in detections) / len(detections),
-        }
-    result["maskrcnn"] = maskrcnn_result
-    ours_train, theirs_train = yolact_result["train"], maskrcnn_result["train"]["fp32"]["images_per_s"]
-    theirs_infer = maskrcnn_result["infer"]["fp32"]["seconds_per_image"]
-    yolact_result["train_bf16_vs_maskrcnn_fp32"] = ours_train["bf16"]["images_per_s"] / theirs_train
-    yolact_result["infer_fp32_speedup_vs_maskrcnn_fp32"] = theirs_infer / yolact_result["infer"]["fp32"]["seconds_per_image"]
-    del maskrcnn
+    priors = compare_models(settings, device, sections, result, profiles)
 
     with sections("matching"):
         from tests.reference_match import reference_match
 
+        generator = torch.Generator().manual_seed(1)
         boxes, labels = match_bench.random_ground_truth(settings.match_batch, settings.match_gt, NUM_CLASSES, generator)
-        loss = yolact_params.loss
+        loss = load(REPO_ROOT / YOLACT_CONFIG, YOLACT_OVERRIDES).loss
         result["matching"] = match_bench.compare_matching(
             boxes, labels, priors, loss.pos_iou, loss.neg_iou, reference_match, device, settings.repeats)
+        boxes, labels = [b.to(device) for b in boxes], [l.to(device) for l in labels]
+        profiles["match_speedup"] = (
+            f"One `match_batch` call ({settings.match_batch} images x {settings.match_gt} GTs), operators by self time.",
+            lambda: top_ops(lambda: match_bench.match_batch(boxes, labels, priors, loss.pos_iou, loss.neg_iou), device))
 
-    with sections("data loader"):
+    with sections("data loader against default-config training"):
         loader = train_loader(default_params, prepared)
-        result["loader"] = {
-            "num_workers": default_params.data.num_workers, "batch_size": default_params.train.batch_size,
-            **loader_throughput(loader, settings.loader_batches),
-        }
-    with sections("default-config training"):
-        result["default_train"] = default_training(default_params, prepared, device, settings)
+        step, about = default_train_step(default_params, prepared, loader, device)
+        result["loader"] = {**about, **loader_against_training(loader, step, device, settings.loader_batches)}
+        profiles["loader_vs_train"] = (
+            f"Loading {settings.loader_profile_images} training samples one by one, time per step "
+            "(reading = image decode + annotation masks), batching excluded.",
+            lambda: transform_breakdown(loader.dataset, settings.loader_profile_images))
 
-    result["train_fp32_vs_maskrcnn"] = ours_train["fp32"]["images_per_s"] / theirs_train
-    result["train_bf16_peak_share"] = ours_train["bf16"]["peak_share"]
-    result["infer_bf16_speedup_vs_maskrcnn_fp32"] = theirs_infer / yolact_result["infer"]["bf16"]["seconds_per_image"]
+    yolact, maskrcnn = result["yolact"], result["maskrcnn"]
+    result["train_fp32_vs_maskrcnn"] = yolact["train"]["fp32"]["images_per_s"] / maskrcnn["train"]["fp32"]["images_per_s"]
+    result["train_bf16_peak_share"] = yolact["train"]["bf16"]["peak_share"]
+    result["infer_bf16_speedup_vs_maskrcnn_fp32"] = (
+        maskrcnn["infer"]["fp32"]["seconds_per_image"] / yolact["infer"]["bf16"]["seconds_per_image"])
     result["match_speedup"] = result["matching"]["speedup"]
     result["match_identical"] = result["matching"]["identical"]
-    result["loader_vs_train"] = result["loader"]["images_per_s"] / result["default_train"]["images_per_s"]
+    result["loader_vs_train"] = result["loader"]["loader_images_per_s"] / result["loader"]["train_images_per_s"]
     result["targets"] = check_targets(result)
-
-    # What to profile when a target is missed: (description, profile of one warm call).
-    def warm_ops(build: Callable[[], Step]) -> Callable[[], list[dict[str, Any]]]:
-        def run() -> list[dict[str, Any]]:
-            step = build()
-            step()
-            return top_ops(step, device)
-        return run
-
-    fp32_cl, bf16_cl = ours_train["fp32"]["channels_last"], ours_train["bf16"]["channels_last"]
-    profile_steps["train_fp32_vs_maskrcnn"] = (
-        "One YOLACT fp32 training step (batch 2), operators by self time.",
-        warm_ops(lambda: yolact_train("fp32", fp32_cl)))
-    profile_steps["train_bf16_peak_share"] = (
-        "One YOLACT bf16 training step (batch 2), operators by self time.",
-        warm_ops(lambda: yolact_train("bf16", bf16_cl)))
-    profile_steps["infer_bf16_speedup_vs_maskrcnn_fp32"] = (
-        "One YOLACT bf16 inference step (batch 2, forward + detect), operators by self time.",
-        warm_ops(lambda: yolact_infer("bf16", yolact_result["infer"]["bf16"]["channels_last"])))
-    profile_steps["match_speedup"] = (
-        f"One `match_batch` call ({settings.match_batch} images), operators by self time.",
-        lambda: top_ops(lambda: match_bench.match_batch(
-            [b.to(device) for b in boxes], [l.to(device) for l in labels], priors, loss.pos_iou, loss.neg_iou), device))
-    profile_steps["loader_vs_train"] = (
-        f"{settings.loader_batches} loader batches, Python functions by own time (cProfile).",
-        lambda: top_functions(lambda: loader_throughput(train_loader(default_params, prepared), settings.loader_batches)))
 
     result["profiles"] = {}
     with sections("profiles of missed targets"):
         for row in result["targets"]:
             if row["met"] is False:
-                what, profile = profile_steps[row["key"]]
+                what, profile = profiles[row["key"]]
                 result["profiles"][row["key"]] = {"what": what, "top": profile()}
 
     result["sections"] = dict(sections.seconds)
+    result["load_average"] = dict(sections.load)
     result["machine"] = machine_info(device)
-    result["settings"] = {**asdict(settings), "image_size": image_size,
-                          "score_threshold": yolact_params.eval.score_threshold}
-    ordered = {key: result[key] for key in ("train_fp32_vs_maskrcnn", "train_bf16_peak_share",
-                                            "infer_bf16_speedup_vs_maskrcnn_fp32", "match_speedup",
-                                            "match_identical", "loader_vs_train", "targets", "machine")}
+    result["settings"] = {**asdict(settings), "image_size": result["yolact"]["image_size"]}
+    ordered = {key: result[key] for key in (*TOP_LEVEL, "targets", "machine")}
     ordered.update({k: v for k, v in result.items() if k not in ordered})
 
     out = resolve_path(args.out)
     atomic_write_json(out / "bench.json", ordered)
     atomic_write_text(out / "bench.md", render_markdown(ordered))
-    print("\n" + sections.table())
-    print("\n" + "\n".join(
-        f"{row['key']}: {_number(row['value'])} (>= {row['minimum']:g}: {'met' if row['met'] else 'MISSED'})"
-        for row in result["targets"]))
+    print("\n" + sections.table() + "\n")
+    for row in result["targets"]:
+        status = "not measured" if row["met"] is None else ("met" if row["met"] else "MISSED")
+        print(f"{row['key']}: {_number(row['value'])} (target >= {row['minimum']:g}: {status})")
     print(f"match_identical: {result['match_identical']}\nwrote {out / 'bench.json'} and {out / 'bench.md'}")
     return ordered
 
 
-def default_training(params: Params, prepared: Path, device: torch.device, settings: Settings) -> dict[str, Any]:
-    """Training img/s of the default config's model on one real batch of its loader (its precision and format)."""
+def compare_models(
+    settings: Settings, device: torch.device, sections: Sections, result: dict[str, Any],
+    profiles: dict[str, tuple[str, Profile]],
+) -> torch.Tensor:
+    """YOLACT (fp32, bf16) against Mask R-CNN (fp32): fills ``result["yolact"]`` and ``result["maskrcnn"]``
+    and the profiles of their targets; returns YOLACT's priors ``[P, 4]`` for the matching benchmark."""
+    overrides = list(YOLACT_OVERRIDES) + (list(QUICK_OVERRIDES) if settings.quick else [])
+    params = load(REPO_ROOT / YOLACT_CONFIG, overrides)
+    size, batch = params.input.size, settings.batch
+    generator = torch.Generator().manual_seed(0)
+    images = random_images(batch, size, generator).to(device)
+    instances = to_device(random_instances(batch, size, settings.instances_per_image, NUM_CLASSES, generator), device)
+    mr_targets = maskrcnn_targets(instances, size)
+    yolact = build_model(params, NUM_CLASSES).to(device)
+    maskrcnn = build_maskrcnn(size, **dict(settings.maskrcnn_options)).to(device)
+    # One copy per workload: each keeps its own memory format, and the inference copies keep their fresh
+    # weights (a few SGD steps on random targets make Mask R-CNN detect nothing, which skips its mask head).
+    models = {(use, f"yolact {p}"): copy.deepcopy(yolact) for use in ("train", "infer") for p in PRECISIONS}
+    models |= {(use, "maskrcnn fp32"): copy.deepcopy(maskrcnn) for use in ("train", "infer")}
+    del yolact, maskrcnn
+
+    def infer_step(name: str, channels_last: bool, n: int = batch) -> Step:
+        model = models["infer", name]
+        if name.startswith("maskrcnn"):
+            return maskrcnn_infer_step(model, images[:n], channels_last)
+        return yolact_infer_step(model, images[:n], params.eval, params.loss.use_focal_loss,
+                                 PRECISIONS[name.split()[1]], channels_last)
+
+    def train_step(name: str, channels_last: bool, n: int = batch) -> Step:
+        model = models["train", name]
+        if name.startswith("maskrcnn"):
+            return maskrcnn_train_step(model, images[:n], mr_targets[:n], params.train, channels_last)
+        return yolact_train_step(model, images[:n], instances[:n], params.loss, params.train,
+                                 PRECISIONS[name.split()[1]], channels_last)
+
+    names = [*(f"yolact {p}" for p in PRECISIONS), "maskrcnn fp32"]
+    with sections("memory-format choice"):
+        formats = {name: choose_format(lambda c: infer_step(name, c), device, settings.warmup) for name in names}
+    cl = {name: choice.channels_last for name, choice in formats.items()}
+
+    with sections("inference, interleaved"):
+        infer_steps = {name: infer_step(name, cl[name]) for name in names}
+        # The format probes left each model warm in its chosen format: one more timed run instead of a warm-up.
+        infer = measure_interleaved(infer_steps, device, 0, settings.warmup + settings.repeats)
+        detections = {name: step() for name, step in infer_steps.items()}
+
+    with sections("FLOPs (batch 1)"):
+        yolact = models["infer", "yolact fp32"]
+        first = set_memory_format(yolact, images[:1], cl["yolact fp32"])
+        forward_flops = count_flops(yolact.eval(), first)
+        with torch.no_grad():
+            priors = yolact(first)["priors"]
+        mr_forward_flops = flops_of(infer_step("maskrcnn fp32", cl["maskrcnn fp32"], n=1))
+        # Training FLOPs on the training copies: their SGD step must not touch the inference weights.
+        train_flops = flops_of(train_step("yolact fp32", cl["yolact fp32"], n=1))
+        mr_train_flops = flops_of(train_step("maskrcnn fp32", cl["maskrcnn fp32"], n=1))
+
+    with sections("training, interleaved"):
+        train_steps = {name: train_step(name, cl[name]) for name in names}
+        train = measure_interleaved(train_steps, device, settings.warmup, settings.repeats)
+    peaks = {name: entry["gflops"] for name, entry in result["matmul"].items()}
+
+    def train_entry(name: str, flops: int) -> dict[str, Any]:
+        gflops = flops / 1e9 * batch / train[name].best
+        precision = name.split()[1]
+        return {"channels_last": cl[name], "images_per_s": batch / train[name].best, "gflops": gflops,
+                "peak_share": gflops / peaks[precision], **train[name].as_dict()}
+
+    def infer_entry(name: str, flops: int) -> dict[str, Any]:
+        per_image = infer[name].best / batch
+        gflops = flops / 1e9 / per_image
+        precision = name.split()[1]
+        return {"channels_last": cl[name], "seconds_per_image": per_image, "gflops": gflops,
+                "peak_share": gflops / peaks[precision],
+                "detections_per_image": sum(len(d["scores"]) for d in detections[name]) / batch,
+                **infer[name].as_dict()}
+
+    flops_method = "torch.utils.flop_counter over one step at batch 1 (forward + loss + backward for training)"
+    result["yolact"] = {
+        "depth": params.model.backbone.depth, "image_size": size, "batch": batch,
+        "score_threshold": params.eval.score_threshold, "flops_method": flops_method,
+        "forward_gflops_per_image": forward_flops / 1e9, "train_gflops_per_image": train_flops / 1e9,
+        "memory_format_probe_s": {p: formats[f"yolact {p}"].probe_s for p in PRECISIONS},
+        "train": {p: train_entry(f"yolact {p}", train_flops) for p in PRECISIONS},
+        "infer": {p: infer_entry(f"yolact {p}", forward_flops) for p in PRECISIONS},
+    }
+    result["maskrcnn"] = {
+        "image_size": size, "batch": batch, "options": dict(settings.maskrcnn_options), "flops_method": flops_method,
+        "forward_gflops_per_image": mr_forward_flops / 1e9, "train_gflops_per_image": mr_train_flops / 1e9,
+        "memory_format_probe_s": {"fp32": formats["maskrcnn fp32"].probe_s},
+        "train": {"fp32": train_entry("maskrcnn fp32", mr_train_flops)},
+        "infer": {"fp32": infer_entry("maskrcnn fp32", mr_forward_flops)},
+    }
+    profiles["train_fp32_vs_maskrcnn"] = (
+        f"One YOLACT fp32 training step (batch {batch}), operators by self time.",
+        lambda: top_ops(train_steps["yolact fp32"], device))
+    profiles["train_bf16_peak_share"] = (
+        f"One YOLACT bf16 training step (batch {batch}), operators by self time.",
+        lambda: top_ops(train_steps["yolact bf16"], device))
+    profiles["infer_bf16_speedup_vs_maskrcnn_fp32"] = (
+        f"One YOLACT bf16 inference step (batch {batch}: forward + detect), operators by self time.",
+        lambda: top_ops(infer_steps["yolact bf16"], device))
+    return priors
+
+
+def default_train_step(
+    params: Params, prepared: Path, loader: DataLoader, device: torch.device
+) -> tuple[Step, dict[str, Any]]:
+    """A training step of the default config's model (its precision and memory format) on the first batch of
+    ``loader``, and what it is."""
     model = build_model(params, num_classes=len(read_label_map(prepared))).to(device)
-    batch_images, targets = next(iter(train_loader(params, prepared)))
+    images, targets = next(iter(loader))
     train = params.train
-    step = yolact_train_step(model, batch_images.to(device), to_device(targets, device), params.loss, train,
+    step = yolact_train_step(model, images.to(device), to_device(targets, device), params.loss, train,
                              autocast_dtype(train.precision, device), train.channels_last)
-    timing = measure(step, device, settings.warmup + 1, settings.default_train_repeats)
     bb = params.model.backbone
-    return {
+    return step, {
         "model": f"R-{bb.depth} (base {bb.base_channels} channels) at {params.input.size} px",
-        "precision": train.precision, "channels_last": train.channels_last, "batch_size": len(batch_images),
-        "images_per_s": len(batch_images) / timing.best, **timing.as_dict(),
+        "precision": train.precision, "channels_last": train.channels_last, "num_workers": params.data.num_workers,
     }
 
 
 def ensure_prepared(prepared: Path, args: argparse.Namespace) -> None:
-    """The loader comparison needs the prepared data: run the prepare stage for the default path, else stop."""
+    """The loader comparison needs prepared data: run the prepare stage for the default path, else stop."""
     if (prepared / "train.json").is_file():
         return
     if args.prepared != "data/prepared" or args.quick:
-        sys.exit(f"error: {prepared} has no prepared data (train.json); run `python -m stages.prepare` first")
+        sys.exit(f"error: {prepared} holds no prepared data (train.json); run `python -m stages.prepare` first")
     print(f"[bench] {prepared} is missing: running `python -m stages.prepare --params {args.params}` first", flush=True)
     subprocess.run([sys.executable, "-m", "stages.prepare", "--params", args.params], cwd=REPO_ROOT, check=True)
 
@@ -308,6 +318,18 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
+    parser.add_argument("--repeats", type=int, help="timed runs per measurement (default 3; --quick 1)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core)")
+    parser.add_argument("--params", default="params.yaml", help="the default config, for the loader comparison")
+    parser.add_argument("--prepared", default="data/prepared", help="prepared data of --params")
+    parser.add_argument("--out", default="reports", help="where bench.json and bench.md go")
+    return parser
 
 
 def _number(value: Optional[float]) -> str:

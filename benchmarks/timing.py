@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -51,11 +52,30 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats
     return Timing(seconds)
 
 
+def measure_interleaved(
+    steps: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int
+) -> dict[str, Timing]:
+    """:func:`measure` of several steps in round-robin order (A B C A B C ...), so that the load of
+    other processes, which drifts over minutes, falls on all of them alike and their ratios hold."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be positive, got {repeats}")
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            seconds[name] += measure(step, device, 0, 1).seconds
+    return {name: Timing(values) for name, values in seconds.items()}
+
+
 @dataclass
 class Sections:
-    """Wall time of the named parts of a run, in the order they ran: where the benchmark spends its time."""
+    """Wall time of the named parts of a run, in the order they ran: where the benchmark spends its time,
+    and the system's 1-minute load average at the end of each (other processes' share of the cores)."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    load: dict[str, float] = field(default_factory=dict)
 
     @contextlib.contextmanager
     def __call__(self, name: str, verbose: bool = True) -> Iterator[None]:
@@ -66,15 +86,18 @@ class Sections:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            if hasattr(os, "getloadavg"):
+                self.load[name] = os.getloadavg()[0]
             if verbose:
                 print(f"[bench] {name}: {self.seconds[name]:.1f} s", flush=True)
 
     def table(self) -> str:
-        """A plain-text table: section, seconds, share of the total."""
+        """A plain-text table: section, seconds, share of the total, load average."""
         total = sum(self.seconds.values()) or 1.0
         width = max([len(name) for name in self.seconds] + [len("total")])
-        lines = [f"{'section':<{width}}  {'seconds':>8}  {'share':>6}"]
+        lines = [f"{'section':<{width}}  {'seconds':>8}  {'share':>6}  {'load':>5}"]
         for name, seconds in self.seconds.items():
-            lines.append(f"{name:<{width}}  {seconds:8.1f}  {seconds / total:6.1%}")
+            load = f"{self.load[name]:5.2f}" if name in self.load else "    -"
+            lines.append(f"{name:<{width}}  {seconds:8.1f}  {seconds / total:6.1%}  {load}")
         lines.append(f"{'total':<{width}}  {total:8.1f}  {1:6.1%}")
         return "\n".join(lines)

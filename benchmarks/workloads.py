@@ -1,8 +1,8 @@
 """What the benchmarks time: synthetic batches and one-call training/inference steps of both models.
 
-Each ``*_step`` function prepares its model (mode, memory format) and returns a closure that runs one
-step on a fixed batch; :func:`measure_best_format` times a step in both memory formats and keeps the
-faster one.
+Each ``*_step`` function converts its model to a memory format and returns a closure that runs one
+step (setting train or eval mode) on a fixed batch; :func:`choose_format` times a step in both memory
+formats and keeps the faster.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pipeline.config import EvalParams, LossParams, TrainParams
 from pipeline.loss import yolact_loss
 from pipeline.postprocess import Detections, detect
 
-from .timing import Timing, measure, synchronize
+from .timing import Timing, measure
 
 Step = Callable[[], object]
 Target = dict[str, Tensor]
@@ -99,11 +99,11 @@ def yolact_train_step(
 ) -> Step:
     """One training iteration as ``pipeline.train`` runs it: forward under autocast, loss, backward,
     gradient clipping (``train.grad_clip``), SGD step. ``images [B, 3, S, S]`` on the model's device."""
-    model.train()
     images = set_memory_format(model, images, channels_last)
     optimizer = sgd(model, train)
 
     def step() -> None:
+        model.train()
         with _autocast(images.device, amp_dtype):
             predictions = model(images)
         losses = yolact_loss(predictions, targets, loss_params)
@@ -125,11 +125,11 @@ def yolact_infer_step(
     channels_last: bool,
 ) -> Callable[[], list[Detections]]:
     """Eval-mode forward (under autocast) and :func:`pipeline.postprocess.detect` in fp32."""
-    model.eval()
     images = set_memory_format(model, images, channels_last)
 
     @torch.no_grad()
     def step() -> list[Detections]:
+        model.eval()
         with _autocast(images.device, amp_dtype):
             out = model(images)
         return detect(
@@ -157,11 +157,11 @@ def maskrcnn_train_step(
     model: nn.Module, images: Tensor, targets: Sequence[Target], train: TrainParams, channels_last: bool
 ) -> Step:
     """Forward with targets (the sum of torchvision's losses), backward, SGD step."""
-    model.train()
     images = set_memory_format(model, images, channels_last)
     optimizer = sgd(model, train)
 
     def step() -> None:
+        model.train()
         losses = model(list(images), list(targets))
         optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
@@ -172,11 +172,11 @@ def maskrcnn_train_step(
 
 def maskrcnn_infer_step(model: nn.Module, images: Tensor, channels_last: bool) -> Callable[[], list[Target]]:
     """Eval-mode forward, torchvision's own post-processing (NMS, masks pasted at image size) included."""
-    model.eval()
     images = set_memory_format(model, images, channels_last)
 
     @torch.no_grad()
     def step() -> list[Target]:
+        model.eval()
         return model(list(images))
 
     return step
@@ -196,34 +196,30 @@ def flops_of(fn: Step) -> int:
 @dataclass(frozen=True)
 class FormatChoice:
     channels_last: bool
-    timing: Timing  # of the chosen format
-    probe_s: dict[str, float]  # one warm call of each format
+    probe_s: dict[str, float]  # best warm call in each format
 
     def as_dict(self) -> dict[str, object]:
-        return {"channels_last": self.channels_last, "probe_s": self.probe_s, **self.timing.as_dict()}
+        return {"channels_last": self.channels_last, "probe_s": self.probe_s}
 
 
-def measure_best_format(
-    build_step: Callable[[bool], Step], device: torch.device, warmup: int, repeats: int
+def choose_format(
+    build_step: Callable[[bool], Step], device: torch.device, warmup: int, rounds: int = 2
 ) -> FormatChoice:
-    """Time one warm call in each memory format (contiguous, then channels_last), keep the faster, and
-    time ``repeats`` calls of it in all (its probe call included)."""
-    probes: dict[bool, Timing] = {}
-    step = None
-    for channels_last in (False, True):
-        step = build_step(channels_last)
-        probes[channels_last] = measure(step, device, warmup, 1)
-    chosen = min(probes, key=lambda c: probes[c].best)
-    if not chosen:  # the loop left the model channels_last: convert it back and warm up again
-        step = build_step(chosen)
-        measure(step, device, warmup, 1)
-    seconds = probes[chosen].seconds
-    if repeats > 1:
-        seconds = seconds + measure(step, device, 0, repeats - 1).seconds
-    synchronize(device)
-    return FormatChoice(
-        chosen, Timing(seconds), {("channels_last" if c else "contiguous"): t.best for c, t in probes.items()}
-    )
+    """Time ``build_step(channels_last)`` in each memory format, alternating for ``rounds`` rounds (the
+    first after ``warmup`` calls), and pick the format with the faster best call.
+
+    Alternating keeps a burst of load from other processes from deciding alone. The model is left in
+    the chosen format.
+    """
+    probes: dict[bool, list[float]] = {False: [], True: []}
+    for round_ in range(rounds):
+        for channels_last in probes:
+            step = build_step(channels_last)
+            probes[channels_last] += measure(step, device, warmup if round_ == 0 else 0, 1).seconds
+    chosen = min(probes, key=lambda c: min(probes[c]))
+    if not chosen:
+        build_step(chosen)
+    return FormatChoice(chosen, {("channels_last" if c else "contiguous"): min(t) for c, t in probes.items()})
 
 
 def matmul_gflops(size: int, dtype: torch.dtype, device: torch.device, warmup: int, repeats: int) -> tuple[float, Timing]:

@@ -35,7 +35,7 @@ CATEGORIES = [
 ]
 SPLITS = {"train": 0, "val": 1}
 
-MIN_RADIUS = 11.0  # circumradius in pixels; smaller shapes are hard to tell apart at 160 px
+MIN_RADIUS = 14.0  # circumradius in pixels; smaller shapes are hard to tell apart at 160 px
 MIN_VISIBLE = 0.5  # fraction of its full area every object keeps after later objects are drawn
 MIN_COLOUR_DISTANCE = 80.0  # RGB distance between an object and the background under it
 PLACEMENT_TRIES = 12

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from benchmarks import matching as match_bench
-from benchmarks.loader import loader_throughput, train_loader
+from benchmarks.loader import loader_against_training, train_loader, transform_breakdown
 from benchmarks.report import TARGETS, check_targets
 from benchmarks.run import main
-from benchmarks.timing import Sections, Timing, measure
+from benchmarks.timing import Sections, Timing, measure, measure_interleaved
 from benchmarks.workloads import (
+    choose_format,
     flops_of,
     maskrcnn_targets,
     matmul_gflops,
-    measure_best_format,
     random_images,
     random_instances,
     yolact_infer_step,
@@ -103,17 +103,21 @@ def test_infer_step_returns_detections_per_image(tiny_yolact):
     assert all(d["masks"].dtype == torch.float32 and len(d["masks"]) == len(d["scores"]) for d in detections)
 
 
-def test_measure_best_format_leaves_the_model_in_the_chosen_format(tiny_yolact):
+def test_choose_format_leaves_the_model_in_the_chosen_format(tiny_yolact):
     params, model = tiny_yolact
     images = random_images(1, 64, torch.Generator().manual_seed(2))
-    choice = measure_best_format(
-        lambda cl: yolact_infer_step(model, images, params.eval, False, None, cl), CPU, warmup=0, repeats=2
-    )
-    assert set(choice.probe_s) == {"contiguous", "channels_last"} and len(choice.timing.seconds) == 2
-    weight = model.backbone.conv1.weight if hasattr(model.backbone, "conv1") else next(model.parameters())
+    choice = choose_format(lambda cl: yolact_infer_step(model, images, params.eval, False, None, cl), CPU, warmup=0)
+    assert set(choice.probe_s) == {"contiguous", "channels_last"}
+    assert choice.channels_last == (choice.probe_s["channels_last"] < choice.probe_s["contiguous"])
     memory_format = torch.channels_last if choice.channels_last else torch.contiguous_format
-    assert weight.is_contiguous(memory_format=memory_format)
-    assert choice.timing.seconds[0] == choice.probe_s["channels_last" if choice.channels_last else "contiguous"]
+    assert model.backbone.conv1.weight.is_contiguous(memory_format=memory_format)
+
+
+def test_measure_interleaved_runs_steps_in_turn():
+    calls = []
+    timings = measure_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, CPU, 1, 2)
+    assert calls == ["a", "b", "a", "b", "a", "b"]
+    assert {name: len(t.seconds) for name, t in timings.items()} == {"a": 2, "b": 2}
 
 
 def test_matmul_gflops_is_positive():
@@ -147,18 +151,36 @@ def test_check_targets():
     assert {row["met"] for row in check_targets({})} == {None}
 
 
-def test_loader_throughput_counts_images(tiny_project):
+def test_loader_against_training_alternates_batches_and_steps(tiny_project):
     params = load(tiny_project / "params.yaml")
     loader = train_loader(params, tiny_project / "data/prepared")
-    stats = loader_throughput(loader, batches=2)
-    assert stats["images"] == 2 * params.train.batch_size and stats["images_per_s"] > 0
+    steps = []
+    stats = loader_against_training(loader, lambda: steps.append(1), CPU, batches=2, warmup_steps=1)
+    assert len(steps) == 3 and len(stats["loader_seconds"]) == len(stats["train_seconds"]) == 2
+    assert stats["images"] == 2 * params.train.batch_size == 2 * stats["batch_size"]
+    assert stats["loader_images_per_s"] == pytest.approx(stats["images"] / sum(stats["loader_seconds"]))
     with pytest.raises(ValueError):
-        loader_throughput(loader, batches=len(loader))
+        loader_against_training(loader, lambda: None, CPU, batches=len(loader))
+    rows = transform_breakdown(loader.dataset, images=3)
+    names = [row["op"] for row in rows]
+    transforms = {type(t).__name__ for t in loader.dataset.transforms.transforms}
+    assert set(names) == {"read image and masks", "finish_target"} | transforms
+    assert all(row["calls"] == 3 for row in rows) and sum(row["share"] for row in rows) == pytest.approx(1)
+    assert [row["self_ms"] for row in rows] == sorted((row["self_ms"] for row in rows), reverse=True)
 
 
-def test_quick_run_writes_the_reports(tiny_project, tmp_path):
-    result = main(["--quick", "--device", "cpu", "--params", str(tiny_project / "params.yaml"),
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_quick_run_writes_the_reports(tiny_project, tmp_path, restore_threads):
+    # One thread: tiny operators on two threads crawl when other processes share the cores.
+    result = main(["--quick", "--device", "cpu", "--threads", "1", "--params", str(tiny_project / "params.yaml"),
                    "--prepared", str(tiny_project / "data/prepared"), "--out", str(tmp_path)])
+    assert result["machine"]["threads"] == 1
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written == json.loads(json.dumps(result))
     for key in ("train_fp32_vs_maskrcnn", "infer_bf16_speedup_vs_maskrcnn_fp32", "match_speedup", "loader_vs_train"):
