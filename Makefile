@@ -11,8 +11,9 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e .
 	touch $(INSTALLED)
 
+# DVC runs each stage's `python -m stages.X` through the shell: the venv must come first on PATH.
 repro: $(INSTALLED)
-	$(VENV)/bin/dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
 
 test: $(INSTALLED)
 	$(VENV)/bin/pytest

@@ -22,8 +22,9 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader
 
-from pipeline.config import REPO_ROOT, Params, load, resolve_path
+from pipeline.config import REPO_ROOT, ConfigError, Params, load, resolve_path
 from pipeline.data import read_label_map
+from pipeline.errors import PipelineError
 from pipeline.io import atomic_write_json, atomic_write_text
 from pipeline.model import build_model, count_flops
 from pipeline.train import autocast_dtype, select_device
@@ -337,4 +338,7 @@ def _number(value: Optional[float]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ConfigError, PipelineError) as err:
+        sys.exit(f"error: {err}")
