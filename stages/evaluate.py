@@ -11,10 +11,9 @@ OUT = Path("reports/eval")
 def main(params, run, args):
     """COCO box/mask AP, per-class AP, PR curves, timing and an example figure."""
     from pipeline.data import InstanceDataset, annotations_path
-    from pipeline.evaluation import detail_metrics, per_class_ap_table, pr_curve_table
+    from pipeline.evaluation import contract_metrics, detail_metrics, per_class_ap_table, pr_curve_table
     from pipeline.inference import flat_metrics, load_model, predict, score, val_loader
     from pipeline.io import atomic_write_json, atomic_write_text
-    from pipeline.evaluation import contract_metrics
     from pipeline.train import select_device
     from pipeline.tracking import fingerprint
     from pipeline.visualize import save_comparison

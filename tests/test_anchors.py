@@ -33,7 +33,7 @@ def test_order_is_level_y_x_scale_ratio():
     priors = make_priors(size, sizes, scales, ratios)
     assert priors.shape == ((3 * 4 + 2 * 2) * 4, 4)
     # level 1, y = 1, x = 0, scale 40, ratio 4
-    level, y, x, s, r = 1, 1, 0, 1, 1
+    y, x, s, r = 1, 0, 1, 1  # level 1
     index = 3 * 4 * 4 + ((y * 2 + x) * 2 + s) * 2 + r
     expected = torch.tensor([(x + 0.5) / 2, (y + 0.5) / 2, 40 * 2 / size, 40 / 2 / size])
     torch.testing.assert_close(priors[index], expected)

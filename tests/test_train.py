@@ -108,7 +108,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_project, tmp_path)
     rerun = subprocess.run([PYTHON, "-m", "stages.train"], cwd=project, env=env, capture_output=True, text=True,
                            timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"resuming from" in rerun.stdout + rerun.stderr
+    assert "resuming from" in rerun.stdout + rerun.stderr
     _assert_same_weights(_weights(project / "models/model.pt"), _weights(reference / "model.pt"))
     assert (project / "reports/train/log.csv").read_text().count("\n") == iterations + 1
 
