@@ -140,12 +140,12 @@ def test_torchrun_two_processes_match_one_process(tiny_project, tmp_path):
 
     BatchNorm statistics are per process under DDP, so the backbone's BN runs in eval mode here
     (model.backbone.norm_eval) to compare like with like; the loss is normalised by the global number
-    of positives. What remains is float summation order: weights agree to 1e-4 after 4 SGD steps.
+    of positives. In fp32 what remains is float summation order: weights agree to 1e-4 after 4 SGD steps.
     """
     project = tmp_path / "ddp"
     shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "models"))
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["train"].update({"iterations": 4, "checkpoint_every": 100, "batch_size": 4})
+    raw["train"].update({"iterations": 4, "checkpoint_every": 100, "batch_size": 4, "precision": "fp32"})
     raw["model"]["backbone"]["norm_eval"] = True
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     single = tmp_path / "single"
