@@ -145,7 +145,7 @@ def test_torchrun_two_processes_match_one_process(tiny_project, tmp_path):
     project = tmp_path / "ddp"
     shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "models"))
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["train"].update({"iterations": 4, "checkpoint_every": 100, "batch_size": 4, "precision": "fp32"})
+    raw["train"].update({"iterations": 4, "checkpoint_every": 100, "batch_size": 4, "precision": "fp32"})  # explicit: the comparison below is an fp32 tolerance
     raw["model"]["backbone"]["norm_eval"] = True
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     single = tmp_path / "single"
