@@ -143,11 +143,13 @@ class TrainParams:
     channels_last: bool = False
     batch_size: int = 8
     iterations: int = 800_000
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 1e-3
-    momentum: float = 0.9
+    momentum: float = 0.9                # SGD momentum; AdamW's beta1
     weight_decay: float = 5e-4
     warmup_iterations: int = 500
     warmup_lr: float = 1e-4
+    lr_schedule: Literal["step", "cosine"] = "step"
     lr_steps: list[int] = field(default_factory=lambda: [280_000, 600_000, 700_000, 750_000])
     lr_gamma: float = 0.1
     grad_clip: Optional[float] = None
@@ -439,11 +441,15 @@ def validate(params: Params, base_dir: Path = REPO_ROOT) -> None:
     _non_negative("train.warmup_iterations", train.warmup_iterations)
     _positive("train.warmup_lr", train.warmup_lr)
     _non_negative("train.momentum", train.momentum)
+    if train.momentum >= 1:
+        raise ConfigError("train.momentum", f"must be below 1, got {train.momentum}")
     _non_negative("train.weight_decay", train.weight_decay)
     if train.grad_clip is not None:
         _positive("train.grad_clip", train.grad_clip)
     if train.lr_steps != sorted(train.lr_steps) or any(s <= 0 for s in train.lr_steps):
         raise ConfigError("train.lr_steps", "must be increasing positive iterations")
+    if train.lr_schedule == "cosine" and train.lr_steps:
+        raise ConfigError("train.lr_steps", "unused with train.lr_schedule: cosine; set it to []")
 
     ev = params.eval
     _positive("eval.batch_size", ev.batch_size)

@@ -6,6 +6,7 @@ sample (:class:`pipeline.train.SeededSamples`), so augmentation does not depend 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -108,7 +109,7 @@ def build_transforms(input_params: InputParams, train: bool) -> v2.Compose:
     steps: list[Any] = []
     if train:
         if augment.photometric:
-            steps.append(v2.RandomPhotometricDistort(p=0.5))
+            steps.append(PhotometricDistort(p=0.5))
         if augment.expand and augment.max_expand > 1:
             fill = {tv_tensors.Image: [round(m) for m in input_params.mean], "others": 0}
             steps.append(v2.RandomZoomOut(fill=fill, side_range=(1.0, augment.max_expand), p=0.5))
@@ -124,6 +125,49 @@ def build_transforms(input_params: InputParams, train: bool) -> v2.Compose:
         v2.Normalize(mean=input_params.mean, std=input_params.std),
     ]
     return v2.Compose(steps)
+
+
+class PhotometricDistort(v2.RandomPhotometricDistort):
+    """SSD/YOLACT photometric distortion: ``v2.RandomPhotometricDistort`` with the same random draws
+    and order, except that hue turns the chroma plane in YIQ (:func:`rotate_hue`, one 3x3 colour
+    matrix) instead of a round trip through HSV, which took a third of the loader's time.
+    """
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, tv_tensors.Image):
+            return inpt
+        image = inpt.as_subclass(torch.Tensor)
+        contrast = params["contrast_factor"]
+        if params["brightness_factor"] is not None:
+            image = F.adjust_brightness(image, brightness_factor=params["brightness_factor"])
+        if contrast is not None and params["contrast_before"]:
+            image = F.adjust_contrast(image, contrast_factor=contrast)
+        if params["saturation_factor"] is not None:
+            image = F.adjust_saturation(image, saturation_factor=params["saturation_factor"])
+        if params["hue_factor"] is not None:
+            image = rotate_hue(image, params["hue_factor"])
+        if contrast is not None and not params["contrast_before"]:
+            image = F.adjust_contrast(image, contrast_factor=contrast)
+        if params["channel_permutation"] is not None:
+            image = image[params["channel_permutation"]]
+        return tv_tensors.wrap(image, like=inpt)
+
+
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def rotate_hue(image: torch.Tensor, hue_factor: float) -> torch.Tensor:
+    """Shift the hue of ``image [3, H, W]`` (uint8 or float in [0, 1]) by ``hue_factor`` turns
+    (-0.5..0.5, as ``F.adjust_hue``): rotate (I, Q) about the luma axis, keep luma, clamp to range."""
+    angle = -2 * math.pi * hue_factor  # YIQ turns the other way round the colour wheel from HSV
+    cos, sin = math.cos(angle), math.sin(angle)
+    rotation = torch.tensor([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
+    matrix = torch.linalg.inv(_RGB_TO_YIQ) @ rotation @ _RGB_TO_YIQ
+    flat = image.reshape(3, -1).to(torch.float32)
+    out = (matrix @ flat).reshape(image.shape)
+    if image.dtype == torch.uint8:
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+    return out.clamp_(0, 1).to(image.dtype)
 
 
 class ResizeWithExactMasks(v2.Resize):

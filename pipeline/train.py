@@ -1,4 +1,4 @@
-"""The training loop: SGD with warm-up and step decay, checkpoint/resume, AMP, DDP.
+"""The training loop: SGD or AdamW with warm-up and step or cosine decay, checkpoint/resume, AMP, DDP.
 
 Reproducibility: every sample's augmentation is seeded by ``(seed, position in the sample stream)``,
 so the data a step sees does not depend on the number of workers, on the number of DDP processes,
@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -38,10 +39,25 @@ LOG_COLUMNS = ("iteration", "lr", "loss", *LOSS_TERMS, "images_per_s")
 
 
 def learning_rate(iteration: int, train: TrainParams) -> float:
-    """LR for 0-based ``iteration``: linear warm-up from ``warmup_lr``, then step decay."""
+    """LR for 0-based ``iteration``: linear warm-up from ``warmup_lr``, then step or cosine decay.
+
+    Cosine decays from ``lr`` after the warm-up to 0 at ``iterations``; ``lr_steps`` are then unused.
+    """
     if iteration < train.warmup_iterations:
         return train.warmup_lr + (train.lr - train.warmup_lr) * iteration / train.warmup_iterations
+    if train.lr_schedule == "cosine":
+        progress = (iteration - train.warmup_iterations) / max(train.iterations - train.warmup_iterations, 1)
+        return 0.5 * train.lr * (1.0 + math.cos(math.pi * progress))
     return train.lr * train.lr_gamma ** sum(iteration >= step for step in train.lr_steps)
+
+
+def build_optimizer(model: nn.Module, train: TrainParams) -> torch.optim.Optimizer:
+    """SGD with momentum (YOLACT) or AdamW; no weight decay on norms and biases."""
+    decay, no_decay = _parameter_groups(model)
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=train.lr, betas=(train.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,11 +215,7 @@ def train(
     model = build_model(params, num_classes=len(label_map)).to(device)
     if tp.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    decay, no_decay = _parameter_groups(model)
-    optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": tp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=tp.lr, momentum=tp.momentum,
-    )
+    optimizer = build_optimizer(model, tp)
     scaler = torch.amp.GradScaler("cuda", enabled=tp.precision == "fp16")
 
     fingerprint = config_fingerprint(params)

@@ -1,4 +1,5 @@
 """params.yaml parsing and validation: each invalid case fails a real stage with one clear line."""
+import re
 import subprocess
 from pathlib import Path
 
@@ -102,3 +103,13 @@ def test_in_process_errors_name_the_dotted_key():
     with pytest.raises(config.ConfigError) as err:
         config.from_dict(raw) and config.validate(config.from_dict(raw))
     assert err.value.key == "ablation.thresholds[0][1]"
+
+
+@pytest.mark.parametrize("train, fragment", [
+    ({"optimizer": "adam"}, "train.optimizer"),
+    ({"momentum": 1.0}, "must be below 1"),
+    ({"lr_schedule": "cosine", "lr_steps": [100]}, "unused with train.lr_schedule: cosine"),
+])
+def test_optimizer_and_schedule_params_are_checked(train, fragment):
+    with pytest.raises(config.ConfigError, match=re.escape(fragment)):
+        config.validate(config.from_dict({"train": train}))

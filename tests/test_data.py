@@ -6,17 +6,21 @@ import pytest
 import torch
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from pipeline.coco import prepare
 from pipeline.config import AugmentParams, InputParams, SyntheticParams
 from pipeline.data import (
     InstanceDataset,
+    PhotometricDistort,
     ResizeWithExactMasks,
     annotations_path,
     build_transforms,
     collate,
     fit_boxes_to_masks,
     read_label_map,
+    rotate_hue,
 )
 from pipeline.synthetic import generate
 from tests import crafted_coco
@@ -245,3 +249,49 @@ def test_mask_resize_is_centre_aligned_like_the_boxes():
     out_mask, out_boxes = ResizeWithExactMasks((1, 5))(tv_tensors.Mask(mask), boxes)
     assert out_mask[0, 0].tolist() == [0, 0, 0, 0, 1]
     assert out_boxes.tolist() == [[4.5, 0.0, 5.0, 1.0]]
+
+
+def colour_wheel() -> torch.Tensor:
+    """uint8 [3, 16, 16]: saturated colours all round the wheel, with grey and white rows."""
+    hue = torch.linspace(0, 1, 16).expand(14, 16)
+    hsv = torch.stack([hue, torch.full_like(hue, 0.8), torch.full_like(hue, 0.9)])
+    rgb = _hsv_to_rgb(hsv)
+    return torch.cat([rgb, torch.full((3, 1, 16), 0.5), torch.ones(3, 1, 16)], dim=1).mul(255).round().to(torch.uint8)
+
+
+def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    h, s, v = hsv
+    k = lambda n: (n + h * 6) % 6
+    channel = lambda n: v - v * s * torch.clamp(torch.minimum(k(n), 4 - k(n)), 0, 1)
+    return torch.stack([channel(5), channel(3), channel(1)])
+
+
+def test_hue_rotation_turns_like_torchvisions_hue_and_keeps_grey_and_luma():
+    image = colour_wheel()
+    assert torch.equal(rotate_hue(image, 0.0), image)
+    for factor in (0.05, -0.1, 0.2):
+        ours = rotate_hue(image, factor).float()
+        towards = (ours - F.adjust_hue(image, factor).float()).abs().mean()
+        away = (ours - F.adjust_hue(image, -factor).float()).abs().mean()
+        assert towards < 0.5 * away, (factor, towards, away)
+    grey = image[:, 14:].float()
+    assert (rotate_hue(image, 0.3)[:, 14:].float() - grey).abs().max() <= 1  # no chroma, nothing to turn
+    as_float = image.float() / 255
+    luma = torch.tensor([0.299, 0.587, 0.114]) @ as_float.flatten(1)
+    turned = rotate_hue(as_float * 0.2 + 0.4, 0.25)  # stays inside [0, 1]: no clamping
+    assert torch.allclose(torch.tensor([0.299, 0.587, 0.114]) @ turned.flatten(1), luma * 0.2 + 0.4, atol=1e-5)
+
+
+def test_photometric_distortion_draws_like_torchvision_and_leaves_targets_alone():
+    image = tv_tensors.Image(colour_wheel())
+    masks = tv_tensors.Mask(torch.ones(1, 16, 16, dtype=torch.uint8))
+    for seed in range(4):  # without hue the two must agree exactly: same draws, same order
+        torch.manual_seed(seed)
+        out, out_masks = PhotometricDistort(hue=(0.0, 0.0), p=0.7)(image, masks)
+        torch.manual_seed(seed)
+        reference = v2.RandomPhotometricDistort(hue=(0.0, 0.0), p=0.7)(image)
+        assert isinstance(out, tv_tensors.Image) and out.dtype == torch.uint8
+        assert torch.equal(out, reference) and torch.equal(out_masks, masks)
+    torch.manual_seed(0)
+    assert not torch.equal(PhotometricDistort(p=1.0)(image), image)
+    assert torch.equal(PhotometricDistort(p=0.0)(image), image)

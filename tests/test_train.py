@@ -1,4 +1,5 @@
 """The train loop: schedule, sample stream, learning, determinism, resume, NaN guard, DDP."""
+import math
 import os
 import shutil
 import signal
@@ -13,7 +14,7 @@ import yaml
 
 from pipeline import config
 from pipeline.errors import PipelineError
-from pipeline.train import Dist, SampleStream, TrainOutputs, learning_rate, load_checkpoint, train
+from pipeline.train import Dist, SampleStream, TrainOutputs, build_optimizer, learning_rate, load_checkpoint, train
 from tests.conftest import PYTHON, stage_env
 
 
@@ -34,6 +35,29 @@ def test_learning_rate_warms_up_linearly_then_steps():
     assert learning_rate(19, tp) == pytest.approx(0.01)
     assert learning_rate(20, tp) == pytest.approx(0.001)
     assert learning_rate(30, tp) == pytest.approx(0.0001)
+
+
+def test_cosine_schedule_decays_from_the_peak_to_zero_after_the_warm_up():
+    tp = config.from_dict({"train": {"lr": 0.01, "warmup_lr": 0.001, "warmup_iterations": 10, "iterations": 110,
+                                     "lr_schedule": "cosine", "lr_steps": []}}).train
+    assert learning_rate(5, tp) == pytest.approx(0.0055)
+    assert learning_rate(10, tp) == pytest.approx(0.01)
+    assert learning_rate(60, tp) == pytest.approx(0.005)
+    assert learning_rate(109, tp) == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    rates = [learning_rate(i, tp) for i in range(10, 110)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
+@pytest.mark.parametrize("name, kind", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
+def test_optimizer_choice_and_no_decay_on_norms_and_biases(name, kind):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    tp = config.from_dict({"train": {"optimizer": name, "lr": 0.003, "momentum": 0.8, "weight_decay": 0.05}}).train
+    optimizer = build_optimizer(model, tp)
+    assert type(optimizer) is kind
+    decay, no_decay = optimizer.param_groups
+    assert [p.shape for p in decay["params"]] == [model[0].weight.shape] and decay["weight_decay"] == 0.05
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+    assert (optimizer.defaults["betas"][0] if name == "adamw" else optimizer.defaults["momentum"]) == 0.8
 
 
 def test_sample_stream_is_resumable_and_splits_the_global_batch():
