@@ -56,7 +56,7 @@ def build_optimizer(model: nn.Module, train: TrainParams) -> torch.optim.Optimiz
     decay, no_decay = _parameter_groups(model)
     groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if train.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=train.lr, betas=(train.momentum, 0.999))
+        return torch.optim.AdamW(groups, lr=train.lr, betas=(train.momentum, 0.999), fused=True)
     return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum)
 
 

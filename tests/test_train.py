@@ -103,7 +103,7 @@ def test_same_params_give_the_same_weights(tiny_project, tmp_path):
 
 def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_project, tmp_path):
     iterations = 10
-    overrides = {"train": {"iterations": iterations, "checkpoint_every": 2, "lr_steps": [6]}}
+    overrides = {"train": {"iterations": iterations, "checkpoint_every": 2}}
     project = tmp_path / "killed"
     shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "models"))
     raw = yaml.safe_load((project / "params.yaml").read_text())
