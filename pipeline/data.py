@@ -100,9 +100,9 @@ def build_transforms(input_params: InputParams, train: bool) -> v2.Compose:
 
     Train: YOLACT's augmentation (photometric distortion, zoom-out up to ``augment.max_expand``
     filled with the mean, SSD IoU-constrained random crop, horizontal flip), each switchable in
-    ``input.augment``; then, as in eval, resize to ``S x S`` (aspect not kept), drop boxes smaller than
-    1 px with their labels and masks, and normalise. Masks and crowd boxes follow every geometric step.
-    Randomness comes from torch's global RNG.
+    ``input.augment``; then, as in eval, resize to ``S x S`` (aspect not kept) and normalise. Masks and
+    crowd boxes follow every geometric step; :func:`finish_target` then clamps boxes and drops the
+    instances that vanished. Randomness comes from torch's global RNG.
     """
     size = input_params.size
     augment = input_params.augment
@@ -119,8 +119,6 @@ def build_transforms(input_params: InputParams, train: bool) -> v2.Compose:
             steps.append(v2.RandomHorizontalFlip(p=0.5))
     steps += [
         ResizeWithExactMasks((size, size), antialias=True),
-        v2.ClampBoundingBoxes(),
-        v2.SanitizeBoundingBoxes(labels_getter=_labels_and_crowd),
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=False),
         v2.Normalize(mean=input_params.mean, std=input_params.std),
     ]
@@ -184,12 +182,15 @@ class ResizeWithExactMasks(v2.Resize):
 
 
 def finish_target(target: dict[str, Any], image_id: int) -> dict[str, Any]:
-    """Split crowd from instances, fit boxes to their masks and normalise boxes to [0, 1]."""
+    """Clamp boxes to the image, fit them to their masks, drop vanished instances (empty mask, or box
+    under 1 px wide or high, as ``v2.SanitizeBoundingBoxes``), split crowd from instances and normalise
+    boxes to [0, 1]."""
     masks = target["masks"].as_subclass(torch.Tensor)
     height, width = masks.shape[-2:]
-    boxes, keep = fit_boxes_to_masks(target["boxes"].as_subclass(torch.Tensor), masks)
-    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
-    boxes = (boxes / scale).clamp_(0, 1)
+    canvas = torch.tensor([width, height, width, height], dtype=torch.float32)
+    boxes = torch.minimum(target["boxes"].as_subclass(torch.Tensor).clamp(min=0), canvas)
+    boxes, keep = fit_boxes_to_masks(boxes, masks)
+    boxes = boxes / canvas
     crowd = target["iscrowd"]
     instance = keep & ~crowd
     return {
@@ -209,7 +210,7 @@ def fit_boxes_to_masks(boxes: torch.Tensor, masks: torch.Tensor) -> tuple[torch.
     A crop keeps the part of a cut object inside it: the clipped box may then be far wider than what
     is left of the object (an L-shape cut at the knee). Edges within 1 px of the mask (rasterisation
     and resampling error) keep their exact geometric value. Returns the boxes and ``keep [N]`` bool:
-    the mask is non-empty and the box has positive width and height.
+    the mask is non-empty and the box is at least 1 px wide and high.
     """
     keep = (masks.flatten(1) != 0).any(dim=1)
     fitted = boxes.clone()
@@ -220,7 +221,7 @@ def fit_boxes_to_masks(boxes: torch.Tensor, masks: torch.Tensor) -> tuple[torch.
             [torch.maximum(boxes[keep, :2], extent[:, :2]), torch.minimum(boxes[keep, 2:], extent[:, 2:])], dim=1
         )
         fitted[keep] = torch.where((inner - boxes[keep]).abs() > 1, inner, boxes[keep])
-    keep &= (fitted[:, 2] > fitted[:, 0]) & (fitted[:, 3] > fitted[:, 1])
+    keep &= (fitted[:, 2] - fitted[:, 0] >= 1) & (fitted[:, 3] - fitted[:, 1] >= 1)
     return fitted, keep
 
 
@@ -228,8 +229,3 @@ def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Ten
     """``(images [B, 3, S, S], [target, ...])``."""
     images, targets = zip(*batch)
     return torch.stack(images), list(targets)
-
-
-def _labels_and_crowd(sample: tuple[Any, dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-    target = sample[1]
-    return target["labels"], target["iscrowd"]

@@ -18,6 +18,7 @@ from pipeline.data import (
     annotations_path,
     build_transforms,
     collate,
+    finish_target,
     fit_boxes_to_masks,
     read_label_map,
     rotate_hue,
@@ -240,6 +241,24 @@ def test_fit_boxes_to_masks_shrinks_cut_boxes_and_drops_empty_masks():
     assert keep.tolist() == [True, True, False]
     assert fitted[0].tolist() == [2.0, 2.0, 8.0, 5.0]  # x2 and y2 overshoot by more than 1 px
     assert torch.equal(fitted[1], boxes[1])  # within 1 px of the mask: left exactly as it was
+
+
+def test_finish_target_clamps_drops_vanished_instances_and_splits_crowd():
+    masks = torch.zeros(4, 10, 20, dtype=torch.uint8)
+    masks[0, 0:4, 15:20] = 1  # its box runs off the right edge
+    masks[1, 5, 3] = 1  # a sliver: its box is half a pixel wide
+    masks[2, 2:8, 2:8] = 1  # crowd
+    masks[3, 1:3, 1:3] = 1
+    target = {
+        "boxes": torch.tensor([[15.0, -2.0, 23.0, 4.0], [3.0, 5.0, 3.5, 6.0], [2.0, 2.0, 8.0, 8.0], [1.0, 1.0, 3.0, 3.0]]),
+        "masks": tv_tensors.Mask(masks), "labels": torch.tensor([0, 1, 2, 3]),
+        "iscrowd": torch.tensor([False, False, True, False]), "orig_size": (10, 20),
+    }
+    out = finish_target(target, image_id=7)
+    assert out["labels"].tolist() == [0, 3] and out["masks"].shape == (2, 10, 20)
+    assert torch.allclose(out["boxes"], torch.tensor([[0.75, 0.0, 1.0, 0.4], [0.05, 0.1, 0.15, 0.3]]))
+    assert torch.allclose(out["crowd_boxes"], torch.tensor([[0.1, 0.2, 0.4, 0.8]]))
+    assert out["image_id"] == 7 and out["orig_size"] == (10, 20)
 
 
 def test_mask_resize_is_centre_aligned_like_the_boxes():
