@@ -123,7 +123,8 @@ def _models(result: dict[str, Any]) -> list[str]:
         + (" (its mask head then has no RoI to run on, so its inference time is a lower bound)."
            if their_infer["detections_per_image"] == 0 else "."),
         f"- Training: {result['settings']['instances_per_image']} random elliptical instances per image; YOLACT "
-        "with `pipeline.loss.yolact_loss`, gradient clipping and SGD as `pipeline.train` runs them; "
+        "with `pipeline.loss.yolact_loss`, gradient clipping and the optimizer of `train.optimizer` as "
+        "`pipeline.train` runs them; "
         "Mask R-CNN with its own losses and SGD.",
     ]
     if any(entry[kind][p]["peak_share"] > 1 for _, p, entry in rows for kind in ("train", "infer")):

@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pipeline.config import EvalParams, LossParams, TrainParams
 from pipeline.loss import yolact_loss
 from pipeline.postprocess import Detections, detect
+from pipeline.train import build_optimizer
 
 from .timing import Timing, measure
 
@@ -98,9 +99,10 @@ def yolact_train_step(
     channels_last: bool,
 ) -> Step:
     """One training iteration as ``pipeline.train`` runs it: forward under autocast, loss, backward,
-    gradient clipping (``train.grad_clip``), SGD step. ``images [B, 3, S, S]`` on the model's device."""
+    gradient clipping (``train.grad_clip``), the optimizer step (``train.optimizer``).
+    ``images [B, 3, S, S]`` on the model's device."""
     images = set_memory_format(model, images, channels_last)
-    optimizer = sgd(model, train)
+    optimizer = build_optimizer(model, train)
 
     def step() -> None:
         model.train()

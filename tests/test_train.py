@@ -164,7 +164,7 @@ def test_torchrun_two_processes_match_one_process(tiny_project, tmp_path):
 
     BatchNorm statistics are per process under DDP, so the backbone's BN runs in eval mode here
     (model.backbone.norm_eval) to compare like with like; the loss is normalised by the global number
-    of positives. In fp32 what remains is float summation order: weights agree to 1e-4 after 4 SGD steps.
+    of positives. In fp32 what remains is float summation order: weights agree to 1e-4 after 4 optimizer steps.
     """
     project = tmp_path / "ddp"
     shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "models"))
