@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -91,7 +92,20 @@ class FPN(nn.Module):
                 "on_lateral": laterals[-1],
                 "on_output": outs[-1],
             }[self.add_extra_convs]
-            outs.append(self.extra_convs[0](source))
+            outs.append(strided_conv(self.extra_convs[0], source))
             for conv in self.extra_convs[1:]:
-                outs.append(conv(F.relu(outs[-1]) if self.relu_before_extra_convs else outs[-1]))
+                outs.append(strided_conv(conv, F.relu(outs[-1]) if self.relu_before_extra_convs else outs[-1]))
         return outs
+
+
+def strided_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)``, in float32 when ``x`` is 1 x 1 under CPU bf16 autocast.
+
+    Under CPU bf16 autocast, torch 2.14's (oneDNN) backward of a strided 3x3 conv over a 1 x 1 input
+    returns non-finite weight gradients about one call in five (uninitialised memory): small inputs
+    (64 px) reach 1 x 1 at the coarsest extra level. Such a level costs nothing in float32.
+    """
+    if x.shape[-2:] == (1, 1) and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return conv(x.float())
+    return conv(x)
