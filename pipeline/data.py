@@ -152,6 +152,7 @@ class PhotometricDistort(v2.RandomPhotometricDistort):
 
 
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
 
 def rotate_hue(image: torch.Tensor, hue_factor: float) -> torch.Tensor:
@@ -160,7 +161,7 @@ def rotate_hue(image: torch.Tensor, hue_factor: float) -> torch.Tensor:
     angle = -2 * math.pi * hue_factor  # YIQ turns the other way round the colour wheel from HSV
     cos, sin = math.cos(angle), math.sin(angle)
     rotation = torch.tensor([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
-    matrix = torch.linalg.inv(_RGB_TO_YIQ) @ rotation @ _RGB_TO_YIQ
+    matrix = _YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ
     flat = image.reshape(3, -1).to(torch.float32)
     out = (matrix @ flat).reshape(image.shape)
     if image.dtype == torch.uint8:
