@@ -27,7 +27,7 @@ from pipeline.data import read_label_map
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_write_json, atomic_write_text
 from pipeline.model import build_model, count_flops
-from pipeline.train import autocast_dtype, select_device
+from pipeline.distributed import autocast_dtype, select_device
 
 from . import matching as match_bench
 from .loader import loader_against_training, train_loader, transform_breakdown

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pipeline.config import EvalParams, LossParams, TrainParams
 from pipeline.loss import yolact_loss
 from pipeline.postprocess import Detections, detect
-from pipeline.train import build_optimizer
+from pipeline.schedule import build_optimizer
 
 from .timing import Timing, measure
 

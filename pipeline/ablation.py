@@ -9,7 +9,8 @@ from .config import ConfigError, Params, replace
 from .inference import flat_metrics, load_model, predict, score, val_loader
 from .data import annotations_path
 from .io import atomic_write_json
-from .train import TrainOutputs, select_device, train
+from .distributed import select_device
+from .train import TrainOutputs, train
 
 
 def cell_params(params: Params, pos_iou: float, neg_iou: float, scales: str) -> Params:

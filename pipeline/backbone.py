@@ -13,6 +13,8 @@ import torch
 import torch.utils.checkpoint as checkpoint
 from torch import Tensor, nn
 
+from .errors import PipelineError
+
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
     return nn.Conv2d(
@@ -277,15 +279,17 @@ def _make_stage(
 def load_torchvision_weights(backbone: ResNet, path: str | Path) -> None:
     """Load a torchvision ``resnetNN`` state dict from a local file into ``backbone`` (``fc.*`` ignored).
 
-    Raises ``ValueError`` naming the file when its tensors do not fit the backbone exactly.
+    Raises :class:`PipelineError` naming the file when it is no state dict or its tensors do not fit
+    the backbone exactly.
     """
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ValueError(f"{path}: cannot read a torch state dict ({err})") from err
+        first_line = next(iter(str(err).splitlines()), "")
+        raise PipelineError(f"{path}: cannot read a torch state dict ({type(err).__name__}: {first_line})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a torchvision ResNet state dict (name -> tensor)")
+        raise PipelineError(f"{path}: expected a torchvision ResNet state dict (name -> tensor)")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     expected = backbone.state_dict()
     missing = sorted(expected.keys() - state.keys())
@@ -301,7 +305,7 @@ def load_torchvision_weights(backbone: ResNet, path: str | Path) -> None:
             for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong_shape))
             if items
         ]
-        raise ValueError(
+        raise PipelineError(
             f"{path}: does not match ResNet-{backbone.depth} with these options "
             f"(torchvision layout needs base_channels 64, no deep_stem, no avg_down); " + "; ".join(problems)
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FPN_LEVELS = 5
+SYNTHETIC_MAX_IMAGES = 10_000_000  # per split, so that synthetic image ids stay unique across splits
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # names that reach a shell command through dvc.yaml
 
 
 class ConfigError(ValueError):
@@ -32,6 +35,7 @@ class ConfigError(ValueError):
 class SyntheticParams:
     train_images: int = 480
     val_images: int = 80
+    test_images: int = 500
     width: int = 192
     height: int = 160
     min_objects: int = 2
@@ -44,7 +48,9 @@ class DataParams:
     source: Literal["synthetic", "coco"] = "synthetic"
     root: Optional[str] = None
     train_split: str = "train2017"
-    val_split: str = "val2017"
+    val_split: str = "train2017"         # the train split itself: val is carved from it (val_images)
+    test_split: str = "val2017"
+    val_images: int = 500                # images carved from train_split for val when val_split is train_split
     categories: Optional[list[str]] = None
     max_images: Optional[int] = None
     keep_empty_train: bool = False
@@ -155,6 +161,8 @@ class TrainParams:
     grad_clip: Optional[float] = None
     checkpoint_every: int = 10_000
     log_every: int = 1
+    eval_every: int = 0                  # validate on the val split every N iterations (0: off)
+    keep_best: bool = False              # save the weights with the best val mask AP, not the last
 
 
 @dataclass(frozen=True)
@@ -364,14 +372,25 @@ def validate(params: Params, base_dir: Path = REPO_ROOT) -> None:
         root = Path(data.root) if Path(data.root).is_absolute() else base_dir / data.root
         if not root.is_dir():
             raise ConfigError("data.root", f"directory not found: {data.root}")
+    for key in ("train_split", "val_split", "test_split"):
+        if not getattr(data, key):
+            raise ConfigError(f"data.{key}", "must not be empty")
+    for key in ("train_split", "val_split"):
+        if data.test_split == getattr(data, key):
+            raise ConfigError("data.test_split", f"must differ from data.{key} ({data.test_split}): "
+                                                 "the test split is held out from training and model selection")
+    _positive("data.val_images", data.val_images)
     if data.max_images is not None:
         _positive("data.max_images", data.max_images)
     if data.categories is not None and not data.categories:
         raise ConfigError("data.categories", "must be null (all) or a non-empty list of names")
     _non_negative("data.num_workers", data.num_workers)
     syn = data.synthetic
-    for name in ("train_images", "val_images", "width", "height", "min_objects", "max_objects"):
+    for name in ("train_images", "val_images", "test_images", "width", "height", "min_objects", "max_objects"):
         _positive(f"data.synthetic.{name}", getattr(syn, name))
+    for name in ("train_images", "val_images", "test_images"):
+        if getattr(syn, name) >= SYNTHETIC_MAX_IMAGES:
+            raise ConfigError(f"data.synthetic.{name}", f"must be below {SYNTHETIC_MAX_IMAGES}")
     if syn.min_objects > syn.max_objects:
         raise ConfigError("data.synthetic.min_objects", "must not exceed data.synthetic.max_objects")
     _in_unit("data.synthetic.crowd_prob", syn.crowd_prob, lo_open=False)
@@ -439,6 +458,9 @@ def validate(params: Params, base_dir: Path = REPO_ROOT) -> None:
     for key in ("batch_size", "iterations", "lr", "checkpoint_every", "log_every", "lr_gamma"):
         _positive(f"train.{key}", getattr(train, key))
     _non_negative("train.warmup_iterations", train.warmup_iterations)
+    _non_negative("train.eval_every", train.eval_every)
+    if train.keep_best and not train.eval_every:
+        raise ConfigError("train.keep_best", "needs validation during training: set train.eval_every > 0")
     _positive("train.warmup_lr", train.warmup_lr)
     _non_negative("train.momentum", train.momentum)
     if train.momentum >= 1:
@@ -471,6 +493,14 @@ def validate(params: Params, base_dir: Path = REPO_ROOT) -> None:
         if len(pair) != 2:
             raise ConfigError(key, "must be [pos_iou, neg_iou]")
         _validate_thresholds(f"{key}[0]", pair[0], f"{key}[1]", pair[1])
+    for name in abl.scale_sets:
+        if not IDENTIFIER.fullmatch(name):
+            raise ConfigError("ablation.scale_sets", f"key {name!r} must be a plain identifier "
+                                                     "(letters, digits, _; not starting with a digit)")
+    for i, name in enumerate(abl.anchor_scales):
+        if not IDENTIFIER.fullmatch(name):
+            raise ConfigError(f"ablation.anchor_scales[{i}]", f"{name!r} must be a plain identifier "
+                                                              "(letters, digits, _; not starting with a digit)")
     for name, scales in abl.scale_sets.items():
         key = f"ablation.scale_sets.{name}"
         if len(scales) != fpn.num_outs or any(len(level) == 0 for level in scales):

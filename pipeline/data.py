@@ -19,16 +19,29 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from .config import InputParams
+from .errors import PipelineError
 from .evaluation import load_coco
 
 Transform = Callable[[Any, Any], tuple[Any, Any]]
 
 
+ROLES = ("train", "val", "test")  # train; val: model selection; test: the reported numbers
+SCORED_ROLES = ("val", "test")
+
+
 def annotations_path(prepared_dir: str | Path, role: str) -> Path:
-    """The cleaned COCO json of ``role`` ("train" or "val"); val's is the COCOeval ground truth."""
-    if role not in ("train", "val"):
-        raise ValueError(f"role must be 'train' or 'val', got {role!r}")
+    """The cleaned COCO json of ``role`` ("train", "val" or "test"), what the loader reads."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     return Path(prepared_dir) / f"{role}.json"
+
+
+def ground_truth_path(prepared_dir: str | Path, role: str) -> Path:
+    """The official ground truth of ``role`` ("val" or "test"), what scoring reads: the original
+    annotation records of its images and kept categories, untouched by cleaning."""
+    if role not in SCORED_ROLES:
+        raise ValueError(f"role must be one of {', '.join(SCORED_ROLES)}, got {role!r}")
+    return Path(prepared_dir) / f"gt_{role}.json"
 
 
 def image_dir(prepared_dir: str | Path, role: str) -> Path:
@@ -72,7 +85,11 @@ class InstanceDataset(torch.utils.data.Dataset):
         ``boxes`` (absolute x1y1x2y2), ``masks`` ``[N, H, W]``, ``labels``, ``iscrowd`` (bool)."""
         info = self.coco.imgs[image_id]
         height, width = info["height"], info["width"]
-        image = read_rgb(self.image_dir / info["file_name"])
+        path = self.image_dir / info["file_name"]
+        image = read_rgb(path)
+        if tuple(image.shape[1:]) != (height, width):
+            raise PipelineError(f"{path}: image is {image.shape[2]}x{image.shape[1]}, prepared data says "
+                                f"{width}x{height} (changed since prepare? run the prepare stage again)")
         anns = self.coco.imgToAnns[image_id]
         masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, height, width), np.uint8)
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
@@ -88,11 +105,21 @@ class InstanceDataset(torch.utils.data.Dataset):
 
 
 def read_rgb(path: Path) -> torch.Tensor:
-    """An image file as uint8 ``[3, H, W]`` RGB, whatever its mode (grey, RGBA, CMYK, 16-bit grey)."""
-    with Image.open(path) as im:
-        if im.mode.startswith("I;16"):  # PIL's RGB conversion would clip 16-bit values at 255
-            im = Image.fromarray((np.asarray(im) >> 8).astype(np.uint8))
-        return F.pil_to_tensor(im.convert("RGB"))
+    """An image file as uint8 ``[3, H, W]`` RGB, whatever its mode (grey, RGBA, CMYK, 16-bit grey).
+
+    A missing or broken file raises :class:`PipelineError` naming it: prepare checked every image,
+    so the file was removed or changed since.
+    """
+    try:
+        with Image.open(path) as im:
+            if im.mode.startswith("I;16"):  # PIL's RGB conversion would clip 16-bit values at 255
+                im = Image.fromarray((np.asarray(im) >> 8).astype(np.uint8))
+            return F.pil_to_tensor(im.convert("RGB"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: image not found (removed since prepare? run the prepare stage again)") from None
+    except Exception as err:  # PIL raises many types for broken files
+        raise PipelineError(f"{path}: cannot read image ({type(err).__name__}: {err}); "
+                            "changed since prepare? run the prepare stage again") from None
 
 
 def build_transforms(input_params: InputParams, train: bool) -> v2.Compose:

@@ -11,7 +11,7 @@ import contextlib
 import copy
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping, Optional, Sequence
 
@@ -23,11 +23,15 @@ from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 from torchvision.ops import box_convert
 
+from .io import atomic_file
+
 IouType = Literal["bbox", "segm"]
 IOU_TYPES: tuple[IouType, ...] = ("bbox", "segm")
 # The names of COCOeval.stats[0..11], in order; the first six are the project's contract metrics.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 CONTRACT_STATS = STAT_NAMES[:6]
+# COCO's size buckets: the stat of each and the name of its area range in ``COCOeval.params.areaRngLbl``.
+SIZE_STATS = {"APs": "small", "APm": "medium", "APl": "large"}
 
 
 def bbox_results(
@@ -80,13 +84,107 @@ def load_coco(path: str | Path) -> COCO:
 
 
 @dataclass(frozen=True)
+class ImageMatches:
+    """What ``COCOeval`` decided for each image, compact enough to recompute AP for any weighting of the images.
+
+    ``num_gt [A, K, I]``: ground truths that are not ignored (not crowd, area inside the range) per area range
+    of ``area_names`` (``COCOeval.params.areaRngLbl``), category of ``category_ids [K]`` and image of
+    ``image_ids [I]``. The ``N`` detections (area "all", at most maxDets 100 per image and category) are grouped
+    by category, each group in ``COCOeval.accumulate``'s order (score descending, ties in image order):
+    ``det_category [N]`` and ``det_image [N]`` index ``category_ids`` and ``image_ids``; ``det_matched [T, N]``
+    and ``det_ignored [T, N]`` per IoU threshold of ``iou_thresholds [T]`` (a detection matched to a crowd
+    region is ignored, not a true positive); ``recall_thresholds [R]`` are where precision is sampled.
+    """
+
+    image_ids: np.ndarray
+    category_ids: np.ndarray
+    iou_thresholds: np.ndarray
+    recall_thresholds: np.ndarray
+    area_names: tuple[str, ...]
+    num_gt: np.ndarray
+    det_category: np.ndarray
+    det_image: np.ndarray
+    det_score: np.ndarray
+    det_matched: np.ndarray
+    det_ignored: np.ndarray
+
+    def category_slice(self, k: int) -> slice:
+        """The detections of category index ``k``."""
+        start, stop = np.searchsorted(self.det_category, [k, k + 1])
+        return slice(int(start), int(stop))
+
+
+def image_matches(evaluator: COCOeval) -> ImageMatches:
+    """The :class:`ImageMatches` of a ``COCOeval`` after ``evaluate()`` (its ``evalImgs``)."""
+    p = evaluator.params
+    image_ids = np.asarray(p.imgIds, dtype=np.int64)
+    category_ids = np.asarray(p.catIds if p.useCats else [-1], dtype=np.int64)
+    num_images, num_areas, num_thresholds = len(image_ids), len(p.areaRng), len(p.iouThrs)
+    entries = np.array(evaluator.evalImgs, dtype=object).reshape(len(category_ids), num_areas, num_images)
+
+    num_gt = np.zeros((num_areas, len(category_ids), num_images), dtype=np.int64)
+    for (k, a, i), entry in np.ndenumerate(entries):
+        if entry is not None:
+            num_gt[a, k, i] = np.count_nonzero(entry["gtIgnore"] == 0)
+
+    area_all = p.areaRngLbl.index("all")
+    categories, images, scores, matched, ignored = [], [], [], [], []
+    for k in range(len(category_ids)):
+        evaluated = [(i, e) for i, e in enumerate(entries[k, area_all]) if e is not None]
+        if not evaluated:
+            continue
+        category_scores = np.concatenate([np.asarray(e["dtScores"], dtype=float) for _, e in evaluated])
+        order = np.argsort(-category_scores, kind="mergesort")  # as COCOeval.accumulate sorts
+        categories.append(np.full(len(order), k, dtype=np.int64))
+        images.append(np.concatenate([np.full(len(e["dtScores"]), i, dtype=np.int64) for i, e in evaluated])[order])
+        scores.append(category_scores[order])
+        matched.append(np.concatenate([e["dtMatches"] != 0 for _, e in evaluated], axis=1)[:, order])
+        ignored.append(np.concatenate([e["dtIgnore"].astype(bool) for _, e in evaluated], axis=1)[:, order])
+
+    def joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+        return np.concatenate(parts, axis=-1) if parts else empty
+
+    no_flags = np.zeros((num_thresholds, 0), dtype=bool)
+    return ImageMatches(
+        image_ids=image_ids,
+        category_ids=category_ids,
+        iou_thresholds=np.asarray(p.iouThrs, dtype=float),
+        recall_thresholds=np.asarray(p.recThrs, dtype=float),
+        area_names=tuple(p.areaRngLbl),
+        num_gt=num_gt,
+        det_category=joined(categories, np.zeros(0, dtype=np.int64)),
+        det_image=joined(images, np.zeros(0, dtype=np.int64)),
+        det_score=joined(scores, np.zeros(0, dtype=float)),
+        det_matched=joined(matched, no_flags),
+        det_ignored=joined(ignored, no_flags),
+    )
+
+
+def save_image_matches(path: str | Path, matches: ImageMatches) -> None:
+    """Write ``matches`` as an ``.npz`` file, atomically."""
+    arrays = {name: getattr(matches, name) for name in ImageMatches.__dataclass_fields__}
+    arrays["area_names"] = np.asarray(matches.area_names)
+    with atomic_file(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+def load_image_matches(path: str | Path) -> ImageMatches:
+    """Read what :func:`save_image_matches` wrote."""
+    with np.load(path) as arrays:
+        fields = {name: arrays[name] for name in ImageMatches.__dataclass_fields__}
+    fields["area_names"] = tuple(str(name) for name in fields["area_names"])
+    return ImageMatches(**fields)
+
+
+@dataclass(frozen=True)
 class CocoEvaluation:
     """The outcome of one ``COCOeval`` run.
 
     ``stats [12]`` are ``COCOeval.stats`` (names in :data:`STAT_NAMES`); ``precision [T, R, K, A, M]``
     is ``COCOeval.eval["precision"]`` (-1 where a category has no ground truth), indexed by
     ``iou_thresholds [T]``, ``recall_thresholds [R]``, ``category_ids [K]``, area ranges
-    (0 = all) and maxDets (last = 100).
+    (0 = all) and maxDets (last = 100). ``matches`` are the per-image matches behind them (see
+    :class:`ImageMatches`), for bootstrap intervals and size counts.
     """
 
     iou_type: IouType
@@ -96,6 +194,7 @@ class CocoEvaluation:
     recall_thresholds: np.ndarray
     category_ids: tuple[int, ...]
     summary: str
+    matches: Optional[ImageMatches] = field(default=None, repr=False, compare=False)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -179,12 +278,28 @@ def coco_evaluate(
         recall_thresholds=np.asarray(evaluator.params.recThrs),
         category_ids=tuple(evaluator.params.catIds),
         summary=summary.getvalue(),
+        matches=image_matches(evaluator),
     )
 
 
 def contract_metrics(evaluations: Mapping[str, CocoEvaluation]) -> dict[str, dict[str, float]]:
     """``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"}, "segm": {...}}`` as in ``reports/metrics.json``."""
     return {iou_type: evaluation.metrics for iou_type, evaluation in evaluations.items()}
+
+
+def size_metrics(evaluation: CocoEvaluation) -> dict[str, Optional[float] | int]:
+    """APs, APm, APl and the ground-truth count of each size: ``{"APs", "APm", "APl", "num_gt_small", ...}``.
+
+    The counts are the non-crowd ground truths in each of COCOeval's area ranges (small: area <= 32^2,
+    medium: 32^2..96^2, large: >= 96^2; COCOeval counts an area on a boundary in both). A size without
+    ground truth has AP ``None`` (JSON null), not COCOeval's -1.
+    """
+    if evaluation.matches is None:
+        raise ValueError("size_metrics needs an evaluation with its per-image matches (from coco_evaluate)")
+    area_names = evaluation.matches.area_names
+    num_gt = {area: int(evaluation.matches.num_gt[area_names.index(area)].sum()) for area in SIZE_STATS.values()}
+    aps = {stat: float(evaluation.stats[STAT_NAMES.index(stat)]) if num_gt[area] else None for stat, area in SIZE_STATS.items()}
+    return {**aps, **{f"num_gt_{area}": count for area, count in num_gt.items()}}
 
 
 def detail_metrics(evaluations: Mapping[str, CocoEvaluation]) -> dict[str, dict[str, float]]:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .io import atomic_file, atomic_write_text
@@ -47,6 +49,50 @@ def anchor_stats_figure(table: pd.DataFrame, path: Path) -> None:
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def box_scales(dataset: dict[str, Any], input_size: int) -> np.ndarray:
+    """``sqrt(w * h)`` of every non-crowd box of a COCO json after resizing its image to ``input_size`` squared."""
+    images = {image["id"]: image for image in dataset["images"]}
+    scales = [
+        math.sqrt(
+            ann["bbox"][2] * input_size / images[ann["image_id"]]["width"]
+            * ann["bbox"][3] * input_size / images[ann["image_id"]]["height"]
+        )
+        for ann in dataset["annotations"]
+        if not ann["iscrowd"]
+    ]
+    return np.asarray(scales, dtype=np.float64)
+
+
+def box_sizes_figure(
+    datasets: Mapping[str, dict[str, Any]],
+    input_size: int,
+    anchor_scales: Sequence[Sequence[float]],
+    path: Path,
+) -> None:
+    """Histogram of GT box scales at ``input_size`` per role, with the anchor scales drawn over it."""
+    plt = _figure()
+    scales = {role: box_scales(dataset, input_size) for role, dataset in datasets.items()}
+    everything = [*(s for level in anchor_scales for s in level), *(v for s in scales.values() for v in s)]
+    bins = np.geomspace(max(1.0, min(everything) / 1.5), max(everything) * 1.5, 40)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for role, values in scales.items():
+        ax.hist(values, bins=bins, alpha=0.55, label=f"{role} ({values.size} boxes)")
+    for level, level_scales in enumerate(anchor_scales):
+        for scale in level_scales:
+            ax.axvline(scale, color="black", linestyle="--", linewidth=1)
+            ax.annotate(f"L{level}: {scale:g}", (scale, 1), xycoords=("data", "axes fraction"),
+                        rotation=90, va="top", ha="right", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"sqrt(box area) in pixels at input size {input_size}")
+    ax.set_ylabel("boxes")
+    ax.set_title("Ground-truth box sizes and anchor scales")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -111,6 +157,36 @@ def ablation_heatmap(table: pd.DataFrame, path: Path, metric: str = "segm_AP") -
             ax.text(j, i, f"{pivot.values[i, j]:.3f}", ha="center", va="center", color="white")
     fig.colorbar(image, ax=ax, label=metric)
     ax.set_title(f"{metric} per ablation cell")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def training_curves_figure(log_csv: Path, path: Path) -> None:
+    """The loss terms (log scale, so the warm-up spike does not flatten the rest) and, when validation
+    ran, val box and mask AP against the iteration."""
+    plt = _figure()
+    log = pd.read_csv(log_csv)
+    validated = [c for c in ("val_bbox_AP", "val_segm_AP") if c in log and log[c].notna().any()]
+    fig, axes = plt.subplots(1, 2 if validated else 1, figsize=(11 if validated else 6, 4), squeeze=False)
+    loss_ax = axes[0][0]
+    for column in ("loss", "box", "conf", "mask", "semantic"):
+        if column in log:
+            loss_ax.plot(log["iteration"], log[column].clip(lower=1e-6), label=column, linewidth=1)
+    loss_ax.set_yscale("log")
+    loss_ax.set_xlabel("iteration")
+    loss_ax.set_title("training loss")
+    loss_ax.legend(fontsize=8)
+    if validated:
+        ax = axes[0][1]
+        for column in validated:
+            rows = log[log[column].notna()]
+            ax.plot(rows["iteration"], rows[column], marker="o", label=column)
+        ax.set_xlabel("iteration")
+        ax.set_ylim(0, 1)
+        ax.set_title("validation AP (val split)")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=110)

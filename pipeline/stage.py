@@ -63,13 +63,23 @@ def run_stage(
     except ConfigError as err:
         _fail(run, f"error: {err}", 2)
     except PipelineError as err:
-        _fail(run, f"error: {err}", 1)
+        _fail(run, f"error: {_own_message(err)}", 1)
     except KeyboardInterrupt:
         _fail(run, "interrupted", 130)
     except BaseException:
         _end(run, "FAILED")
         raise
     _end(run, "FINISHED")
+
+
+def _own_message(err: PipelineError) -> str:
+    """The error's one-line message. A DataLoader worker's error comes back as the same type whose
+    message is "Caught PipelineError in DataLoader worker process N." and the worker's traceback,
+    which ends with the line "pipeline.errors.PipelineError: <message>"."""
+    message = str(err)
+    if message.startswith("Caught ") and "\n" in message:
+        return message.rstrip().splitlines()[-1].partition(": ")[2]
+    return message
 
 
 def _fail(run: Any, message: str, code: int) -> None:

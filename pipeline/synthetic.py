@@ -8,8 +8,9 @@ rejected, so no instance ends up almost fully occluded. Some images get one ``is
 cluster of small shapes of one class stored as uncompressed RLE, as COCO stores crowds.
 
 The output is the exact COCO layout (``annotations/instances_<split>.json`` and ``<split>/*.png``),
-read back by :mod:`pipeline.coco` like real COCO. Every image draws from its own generator seeded by
-``(seed, split, index)``, so files are byte-identical across runs and independent of the split sizes.
+read back by :mod:`pipeline.prepare` like real COCO, as three splits: train, val and test. Every image
+draws from its own generator seeded by ``(seed, split, index)``, so files are byte-identical across runs
+and independent of the split sizes, and image ids are unique across the splits.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from .config import SyntheticParams
+from .config import SYNTHETIC_MAX_IMAGES, SyntheticParams
 
 CATEGORIES = [
     {"id": 1, "name": "circle", "supercategory": "shape"},
@@ -33,7 +34,8 @@ CATEGORIES = [
     {"id": 5, "name": "ring", "supercategory": "shape"},
     {"id": 6, "name": "cross", "supercategory": "shape"},
 ]
-SPLITS = {"train": 0, "val": 1}
+SPLITS = {"train": 0, "val": 1, "test": 2}  # the split's code in every image's seed and id
+ID_STRIDE = SYNTHETIC_MAX_IMAGES  # image ids of split k are k * ID_STRIDE + 1, + 2, ...
 
 MIN_RADIUS = 14.0  # circumradius in pixels; smaller shapes are hard to tell apart at 160 px
 MIN_VISIBLE = 0.5  # fraction of its full area every object keeps after later objects are drawn
@@ -50,31 +52,47 @@ class Instance:
 
 
 def generate(root: str | Path, params: SyntheticParams, seed: int) -> None:
-    """Write the train and val splits under ``root`` in the COCO layout."""
+    """Write the train, val and test splits under ``root`` in the COCO layout."""
+    for split in SPLITS:
+        generate_split(root, split, getattr(params, f"{split}_images"), params, seed)
+
+
+def generate_split(root: str | Path, split: str, num_images: int, params: SyntheticParams, seed: int) -> Path:
+    """Write ``root/<split>/*.png`` and ``root/annotations/instances_<split>.json``; return the json's path.
+
+    Image ``index`` of ``split`` is drawn from the generator seeded by ``(seed, SPLITS[split], index)``
+    and gets the id ``SPLITS[split] * ID_STRIDE + index + 1``: no id is in two splits, and another
+    ``seed`` gives another sample of the same distribution (e.g. a second test set).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not 0 <= num_images < ID_STRIDE:
+        raise ValueError(f"num_images must be in [0, {ID_STRIDE}), got {num_images}")
     root = Path(root)
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
-    for split, num_images in (("train", params.train_images), ("val", params.val_images)):
-        image_dir = root / split
-        image_dir.mkdir(parents=True, exist_ok=True)
-        images, annotations = [], []
-        for index in range(num_images):
-            rng = np.random.default_rng([seed, SPLITS[split], index])
-            pixels, instances = render_image(
-                rng, params.width, params.height, params.min_objects, params.max_objects, params.crowd_prob
-            )
-            image_id = index + 1
-            file_name = f"{image_id:06d}.png"
-            Image.fromarray(pixels).save(image_dir / file_name, format="PNG")
-            images.append({"id": image_id, "file_name": file_name, "width": params.width, "height": params.height})
-            for instance in instances:
-                annotations.append(_annotation(len(annotations) + 1, image_id, instance))
-        dataset = {
-            "info": {"description": "synthetic shapes (pipeline.synthetic)", "seed": seed, "split": split},
-            "images": images,
-            "annotations": annotations,
-            "categories": CATEGORIES,
-        }
-        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(dataset))
+    image_dir = root / split
+    image_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for index in range(num_images):
+        rng = np.random.default_rng([seed, SPLITS[split], index])
+        pixels, instances = render_image(
+            rng, params.width, params.height, params.min_objects, params.max_objects, params.crowd_prob
+        )
+        image_id = SPLITS[split] * ID_STRIDE + index + 1
+        file_name = f"{index + 1:06d}.png"
+        Image.fromarray(pixels).save(image_dir / file_name, format="PNG")
+        images.append({"id": image_id, "file_name": file_name, "width": params.width, "height": params.height})
+        for instance in instances:
+            annotations.append(_annotation(len(annotations) + 1, image_id, instance))
+    dataset = {
+        "info": {"description": "synthetic shapes (pipeline.synthetic)", "seed": seed, "split": split},
+        "images": images,
+        "annotations": annotations,
+        "categories": CATEGORIES,
+    }
+    path = root / "annotations" / f"instances_{split}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dataset))
+    return path
 
 
 def render_image(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,16 +40,6 @@ def resolve_tracking_uri(configured: str, root: Path | None = None) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         uri = prefix + str((root or main_repo_root()) / uri[len(prefix) :])
     return uri
-
-
-def git_tags(root: Path = REPO_ROOT) -> dict[str, str]:
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
-        return out.stdout.strip() if out.returncode == 0 else ""
-
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower()}
 
 
 def fingerprint(paths: Iterable[Path]) -> str:
@@ -165,8 +154,9 @@ def start_run(
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     uri = resolve_tracking_uri(settings.tracking_uri)
     experiment = experiment or settings.experiment
+    exp_name = os.environ.get("DVC_EXP_NAME")
     try:
-        client, run_id = _create_run(uri, experiment, stage)
+        client, run_id = _create_run(uri, experiment, f"{stage} · {exp_name}" if exp_name else stage)
     except Exception as err:
         if settings.required:
             raise PipelineError(
@@ -180,8 +170,11 @@ def start_run(
     run = Run(client, run_id, uri, settings.required)
     import torch
 
+    from .provenance import git_state
+
     all_tags = {
-        **git_tags(),
+        **git_state(),
+        **{f"dvc_dep.{path}": value for path, value in _dependency_hashes().items()},
         "dvc_stage": stage,
         "torch_version": torch.__version__,
         **({"dvc_exp": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {}),
@@ -190,6 +183,17 @@ def start_run(
     run.set_tags(all_tags)
     run.log_params(flatten(params))
     return run
+
+
+def _dependency_hashes() -> dict[str, str]:
+    """DVC's dep hashes of this stage run, or none (with a warning) if DVC cannot compute them."""
+    from .provenance import dvc_dependency_hashes
+
+    try:
+        return dvc_dependency_hashes()
+    except Exception as err:  # provenance is best effort: a DVC hiccup must not stop training
+        print(f"WARNING: DVC dependency hashes not recorded: {_one_line(err)}", file=sys.stderr)
+        return {}
 
 
 def _create_run(uri: str, experiment: str, run_name: str) -> tuple[Any, str]:

@@ -1,177 +1,41 @@
-"""The training loop: SGD or AdamW with warm-up and step or cosine decay, checkpoint/resume, AMP, DDP.
+"""The training loop: one optimizer step per iteration, logging, validation, checkpoints and resume.
 
-Reproducibility: every sample's augmentation is seeded by ``(seed, position in the sample stream)``,
-so the data a step sees does not depend on the number of workers, on the number of DDP processes,
-or on where a run was interrupted; together with the checkpointed model, optimizer and RNG states
-this makes an interrupted-and-resumed run end with the same weights as an uninterrupted one.
+Reproducibility: the sample stream (:mod:`pipeline.sampling`) fixes which images and augmentations each
+step sees; together with the checkpointed model, optimizer and RNG states this makes an
+interrupted-and-resumed run end with the same weights as an uninterrupted one. Only a checkpoint of the
+same code, data and params is resumed (:mod:`pipeline.checkpoints`).
 """
 from __future__ import annotations
 
+import copy
 import csv
-import hashlib
 import io
-import json
-import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from .config import Params, TrainParams, to_dict
+from .checkpoints import checkpoint_path, provenance, resumable_state, save_checkpoint
+from .config import Params, to_dict
 from .data import InstanceDataset, build_transforms, collate, read_label_map
+from .distributed import Dist, autocast_dtype, distributed_from_env, select_device
 from .errors import PipelineError
-from .io import atomic_file, atomic_write_text
+from .io import atomic_write_text
 from .loss import yolact_loss
 from .model import build_model
+from .sampling import SampleStream, SeededSamples, worker_init
+from .schedule import build_optimizer, learning_rate
 
 LOSS_TERMS = ("box", "conf", "mask", "semantic")
-LOG_COLUMNS = ("iteration", "lr", "loss", *LOSS_TERMS, "images_per_s")
-
-
-# --------------------------------------------------------------------------------------------------
-# Schedule
-
-
-def learning_rate(iteration: int, train: TrainParams) -> float:
-    """LR for 0-based ``iteration``: linear warm-up from ``warmup_lr``, then step or cosine decay.
-
-    Cosine decays from ``lr`` after the warm-up to 0 at ``iterations``; ``lr_steps`` are then unused.
-    """
-    if iteration < train.warmup_iterations:
-        return train.warmup_lr + (train.lr - train.warmup_lr) * iteration / train.warmup_iterations
-    if train.lr_schedule == "cosine":
-        progress = (iteration - train.warmup_iterations) / max(train.iterations - train.warmup_iterations, 1)
-        return 0.5 * train.lr * (1.0 + math.cos(math.pi * progress))
-    return train.lr * train.lr_gamma ** sum(iteration >= step for step in train.lr_steps)
-
-
-def build_optimizer(model: nn.Module, train: TrainParams) -> torch.optim.Optimizer:
-    """SGD with momentum (YOLACT) or AdamW; no weight decay on norms and biases."""
-    decay, no_decay = _parameter_groups(model)
-    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if train.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=train.lr, betas=(train.momentum, 0.999), fused=True)
-    return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum)
-
-
-# --------------------------------------------------------------------------------------------------
-# Devices, precision, distribution
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def distributed_from_env() -> Dist:
-    """The torchrun process group, initialised once (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Dist(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def select_device(requested: str, local_rank: int = 0) -> torch.device:
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise PipelineError("train.device: cuda requested but no CUDA device is available")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if precision == "fp16" and device.type != "cuda":
-        raise PipelineError("train.precision: fp16 needs CUDA; use bf16 on the CPU")
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-# --------------------------------------------------------------------------------------------------
-# Data
-
-
-class SeededSamples(Dataset):
-    """Wraps a dataset so that item ``(index, seed)`` runs its random transforms under ``seed``."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.dataset[index]
-
-
-class SampleStream:
-    """Batches of ``(index, seed)`` for iterations ``start, start+1, ...``: an endless sequence of
-    seeded epoch permutations, each global batch split across DDP ranks (the role of a
-    DistributedSampler, but resumable at any iteration)."""
-
-    def __init__(self, num_samples: int, global_batch: int, seed: int, start_iteration: int, dist_info: Dist):
-        self.n, self.batch, self.seed, self.start, self.dist = num_samples, global_batch, seed, start_iteration, dist_info
-        self.per_rank = global_batch // dist_info.world_size
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        iteration = self.start
-        cached_epoch, order = -1, None
-        while True:
-            first = iteration * self.batch + self.dist.rank * self.per_rank
-            batch = []
-            for position in range(first, first + self.per_rank):
-                epoch = position // self.n
-                if epoch != cached_epoch:
-                    g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-                    order, cached_epoch = torch.randperm(self.n, generator=g), epoch
-                batch.append((int(order[position % self.n]), self.seed * 1_000_000_007 + position))
-            yield batch
-            iteration += 1
-
-
-def _worker_init(worker_id: int) -> None:
-    torch.set_num_threads(1)
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def config_fingerprint(params: Params) -> str:
-    """What must match for a checkpoint to be resumed: everything but tracking and evaluation."""
-    relevant = {k: v for k, v in to_dict(params).items() if k not in ("mlflow", "eval", "ablation")}
-    relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in ("checkpoint_every", "log_every")}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_file(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# The loop
+VALIDATION_COLUMNS = ("val_bbox_AP", "val_segm_AP")
+LOG_COLUMNS = ("iteration", "lr", "loss", *LOSS_TERMS, "images_per_s", *VALIDATION_COLUMNS)
+# What rebuilds a trained model (architecture, input handling, class scoring); stored in models/model.pt.
+MODEL_SECTIONS = ("seed", "input", "model", "anchors", "loss")
 
 
 @dataclass
@@ -182,6 +46,7 @@ class TrainOutputs:
 
 
 LossFn = Callable[..., dict[str, Tensor]]
+Validator = Callable[[nn.Module], dict[str, float]]
 
 
 def train(
@@ -192,10 +57,13 @@ def train(
     loss_fn: LossFn = yolact_loss,
     progress: bool = True,
     extra_payload: dict[str, Any] | None = None,
+    validate: Validator | None = None,
 ) -> dict[str, float]:
-    """Train from ``params`` (resuming a matching checkpoint) and write the final model.
+    """Train from ``params`` (resuming a checkpoint of the same provenance) and write the final model.
 
-    Returns the final logged row. ``on_log`` receives every logged row on rank 0.
+    ``validate(model)`` scores the val split (``{"val_bbox_AP", "val_segm_AP"}``) every
+    ``train.eval_every`` iterations and at the end, on rank 0; with ``train.keep_best`` the saved model
+    is the one with the best val mask AP. Returns the final logged row; ``on_log`` receives every row.
     """
     tp = params.train
     dinfo = distributed_from_env()
@@ -203,6 +71,8 @@ def train(
         raise PipelineError(
             f"train.batch_size: {tp.batch_size} is not divisible by the {dinfo.world_size} processes"
         )
+    if tp.keep_best and validate is None:
+        raise PipelineError("train.keep_best: needs validation during training (train.eval_every > 0)")
     device = select_device(tp.device, dinfo.local_rank)
     amp_dtype = autocast_dtype(tp.precision, device)
 
@@ -218,16 +88,16 @@ def train(
     optimizer = build_optimizer(model, tp)
     scaler = torch.amp.GradScaler("cuda", enabled=tp.precision == "fp16")
 
-    fingerprint = config_fingerprint(params)
-    ckpt_path = outputs.checkpoint_dir / f"{fingerprint}.pt"
-    start, log_rows = 0, []
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
+    run_provenance = provenance(params, prepared_dir)
+    ckpt_path = checkpoint_path(outputs.checkpoint_dir, run_provenance)
+    start, log_rows, best = 0, [], None
+    state = resumable_state(ckpt_path, run_provenance)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
-        start, log_rows = state["iteration"], _csv_rows(state["log"])
+        start, log_rows, best = state["iteration"], _csv_rows(state["log"]), state.get("best")
         if dinfo.is_main:
             print(f"resuming from {ckpt_path} at iteration {start}/{tp.iterations}")
 
@@ -242,7 +112,7 @@ def train(
         batch_sampler=SampleStream(len(dataset), tp.batch_size, params.seed, start, dinfo),
         collate_fn=collate,
         num_workers=params.data.num_workers,
-        worker_init_fn=_worker_init,
+        worker_init_fn=worker_init,
         pin_memory=device.type == "cuda",
         persistent_workers=params.data.num_workers > 0,
     )
@@ -279,11 +149,19 @@ def train(
         scaler.update()
 
         done = iteration + 1
-        if done % tp.log_every == 0 or done == tp.iterations:
+        validating = validate is not None and (done == tp.iterations or (tp.eval_every and done % tp.eval_every == 0))
+        if done % tp.log_every == 0 or done == tp.iterations or validating:
             now = time.perf_counter()
             row = {"iteration": done, "lr": lr, **_reduced(losses, dinfo)}
             row["images_per_s"] = tp.batch_size * (done - (last_row.get("iteration") or start)) / max(now - tick, 1e-9)
-            tick, last_row = now, row
+            if validating and dinfo.is_main:
+                row.update(_validated(validate, model))
+                if tp.keep_best and (best is None or row["val_segm_AP"] > best["score"]):
+                    best = {"iteration": done, "score": row["val_segm_AP"],
+                            "state_dict": copy.deepcopy(model.state_dict())}
+            if validating and dinfo.world_size > 1:
+                dist.barrier()
+            tick, last_row = time.perf_counter(), row
             if dinfo.is_main:
                 log_rows.append(row)
                 on_log(row)
@@ -295,29 +173,40 @@ def train(
             save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "rng": torch.get_rng_state(), "iteration": done, "log": _csv_text(log_rows),
+                "provenance": run_provenance, "best": best,
             })
     if bar is not None:
         bar.close()
 
     if dinfo.is_main:
+        weights = best["state_dict"] if tp.keep_best else model.state_dict()
         payload = {
-            "state_dict": model.state_dict(), "params": to_dict(params), "label_map": label_map,
-            "iterations": tp.iterations, **(extra_payload or {}),
+            "state_dict": weights, "params": {name: _section(params, name) for name in MODEL_SECTIONS},
+            "label_map": label_map, "iterations": tp.iterations, "provenance": run_provenance,
+            "selected_iteration": best["iteration"] if tp.keep_best else tp.iterations, **(extra_payload or {}),
         }
         save_checkpoint(outputs.model_path, payload)
         atomic_write_text(outputs.log_path, _csv_text(log_rows))
+        ckpt_path.unlink(missing_ok=True)  # finished: a re-run trains again instead of "resuming" at the end
     if dinfo.world_size > 1:
         dist.barrier()
     return last_row
 
 
-def _parameter_groups(model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
-    """Weight decay on conv/linear weights only, not on biases or norm parameters."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return decay, no_decay
+def _section(params: Params, name: str) -> Any:
+    value = getattr(params, name)
+    return to_dict(value) if hasattr(value, "__dataclass_fields__") else value
+
+
+def _validated(validate: Validator, model: nn.Module) -> dict[str, float]:
+    """Val scores of ``model``; training's RNG and train mode are left as they were."""
+    with torch.random.fork_rng(devices=[]):
+        model.eval()
+        try:
+            scores = validate(model)
+        finally:
+            model.train()
+    return {k: float(scores[k]) for k in VALIDATION_COLUMNS}
 
 
 def _check_finite(losses: dict[str, Tensor], iteration: int, ckpt_path: Path) -> None:
@@ -344,13 +233,13 @@ def _csv_text(rows: Sequence[dict[str, float]]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: row[k] for k in LOG_COLUMNS})
+        writer.writerow({k: row.get(k, "") for k in LOG_COLUMNS})
     return buffer.getvalue()
 
 
 def _csv_rows(text: str) -> list[dict[str, float]]:
     rows = list(csv.DictReader(io.StringIO(text)))
-    return [{k: (int(v) if k == "iteration" else float(v)) for k, v in row.items()} for row in rows]
+    return [{k: (int(v) if k == "iteration" else float(v)) for k, v in row.items() if v != ""} for row in rows]
 
 
 def _csv_last(rows: list[dict[str, float]]) -> dict[str, float]:

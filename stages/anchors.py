@@ -1,4 +1,5 @@
-"""Anchor coverage of every ablation cell on the prepared train set (no training)."""
+"""Anchor coverage of every ablation cell on the prepared train set (no training), and the GT box sizes
+against the anchor scales."""
 from pathlib import Path
 
 from pipeline.stage import run_stage
@@ -8,11 +9,12 @@ OUT_DIR = Path("reports/anchors")
 
 
 def main(params, run, args):
-    """Best possible recall, positives per GT and prior counts for each ablation cell."""
+    """Best possible recall, positives per GT and prior counts for each ablation cell; box-size histogram."""
     from pipeline.anchor_stats import anchor_statistics, feature_sizes, read_image_boxes
     from pipeline.anchors import make_priors
+    from pipeline.annotations import read_annotations
     from pipeline.data import annotations_path
-    from pipeline.reports import anchor_stats_figure, write_csv
+    from pipeline.reports import anchor_stats_figure, box_sizes_figure, write_csv
 
     images = read_image_boxes(annotations_path(PREPARED, "train"))
     sizes = feature_sizes(params)
@@ -29,6 +31,8 @@ def main(params, run, args):
                   f"force-only {stats['force_only_share']:.3f}")
     table = write_csv(rows, OUT_DIR / "anchor_stats.csv")
     anchor_stats_figure(table, OUT_DIR / "anchor_stats.png")
+    datasets = {role: read_annotations(annotations_path(PREPARED, role)) for role in ("train", "val")}
+    box_sizes_figure(datasets, params.input.size, params.anchors.scales, OUT_DIR / "box_sizes.png")
     run.log_artifact(OUT_DIR, "anchors")
 
 

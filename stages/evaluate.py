@@ -14,7 +14,7 @@ def main(params, run, args):
     from pipeline.evaluation import contract_metrics, detail_metrics, per_class_ap_table, pr_curve_table
     from pipeline.inference import flat_metrics, load_model, predict, score, val_loader
     from pipeline.io import atomic_write_json, atomic_write_text
-    from pipeline.train import select_device
+    from pipeline.distributed import select_device
     from pipeline.tracking import fingerprint
     from pipeline.visualize import save_comparison
 

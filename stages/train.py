@@ -1,4 +1,4 @@
-"""Train the model on data/prepared: writes models/model.pt and reports/train/log.csv."""
+"""Train the model on data/prepared: writes models/model.pt and reports/train/{log.csv,curves.png}."""
 from pathlib import Path
 
 from pipeline.stage import run_stage
@@ -6,23 +6,33 @@ from pipeline.stage import run_stage
 PREPARED = Path("data/prepared")
 OUTPUTS = dict(model_path=Path("models/model.pt"), log_path=Path("reports/train/log.csv"),
                checkpoint_dir=Path("models/checkpoints"))
+CURVES = Path("reports/train/curves.png")
 
 
 def main(params, run, args):
-    """Train YOLACT on the prepared train split (resumes from models/checkpoints)."""
-    from pipeline.train import TrainOutputs, select_device, train
+    """Train YOLACT on the prepared train split, validating on the val split (resumes an interrupted run)."""
+    from pipeline.data import read_label_map
+    from pipeline.distributed import select_device
+    from pipeline.inference import validation_scorer
+    from pipeline.reports import training_curves_figure
+    from pipeline.train import VALIDATION_COLUMNS, TrainOutputs, train
     from pipeline.tracking import fingerprint
 
-    run.set_tags({"data_fingerprint": fingerprint(PREPARED.glob("*.json")),
-                  "device": str(select_device(params.train.device))})
+    device = select_device(params.train.device)
+    run.set_tags({"data_fingerprint": fingerprint(PREPARED.glob("*.json")), "device": str(device)})
     outputs = TrainOutputs(**OUTPUTS)
-    train(
-        params, PREPARED, outputs,
-        on_log=lambda row: run.log_metrics({f"train/{k}": v for k, v in row.items() if k != "iteration"},
-                                           step=int(row["iteration"])),
-        extra_payload={"mlflow_run_id": run.run_id} if run.online else None,
-    )
+    category_ids = [entry["category_id"] for entry in read_label_map(PREPARED)]
+    validate = validation_scorer(params, PREPARED, category_ids, device) if params.train.eval_every else None
+
+    def log(row):
+        metrics = {(k if k in VALIDATION_COLUMNS else f"train/{k}"): v for k, v in row.items() if k != "iteration"}
+        run.log_metrics(metrics, step=int(row["iteration"]))
+
+    train(params, PREPARED, outputs, on_log=log, validate=validate,
+          extra_payload={"mlflow_run_id": run.run_id} if run.online else None)
+    training_curves_figure(outputs.log_path, CURVES)
     run.log_artifact(outputs.log_path, "train")
+    run.log_artifact(CURVES, "train")
     run.log_artifact("reports/data", "data")
     run.log_artifact(outputs.model_path, "model")
 

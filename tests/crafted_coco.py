@@ -1,4 +1,8 @@
-"""A tiny COCO root with one of each kind of broken input, for the prepare and data tests."""
+"""A tiny COCO root with one of each kind of broken input, for the prepare and data tests.
+
+Splits: ``train`` (every kind of broken image and annotation, see EXPECTED_TRAIN), ``val`` and
+``test`` (annotations that cleaning drops or changes but the official ground truth keeps).
+"""
 from __future__ import annotations
 
 import json
@@ -56,7 +60,7 @@ def compressed_rle(mask: np.ndarray) -> dict:
 
 
 def build(root: Path) -> Path:
-    """Write ``root/annotations/instances_{train,val}.json`` and the images; see EXPECTED_TRAIN."""
+    """Write ``root/annotations/instances_{train,val,test}.json`` and the images; see EXPECTED_TRAIN."""
     for split in ("train", "val"):
         (root / split).mkdir(parents=True, exist_ok=True)
     (root / "annotations").mkdir(exist_ok=True)
@@ -112,8 +116,24 @@ def build(root: Path) -> Path:
                   {"id": 2, "file_name": "b.jpg", "width": WIDTH, "height": HEIGHT},
                   {"id": 3, "file_name": "gone.jpg", "width": WIDTH, "height": HEIGHT}]
     val_annotations = [ann(1, 1, [4, 4, 16, 16]), ann(2, 1, [30, 10, 20, 20], category_id=3),
-                       ann(3, 3, [4, 4, 16, 16])]
+                       ann(3, 3, [4, 4, 16, 16]),
+                       ann(4, 1, [40, 36, 8, 0.5])]  # sub-pixel height: dropped from val.json, kept in gt_val.json
     _write(root / "annotations" / "instances_val.json", val_images, val_annotations)
+
+    test = root / "test"
+    test.mkdir()
+    picture().save(test / "c.jpg")
+    picture().save(test / "d.jpg")
+    test_images = [{"id": 7, "file_name": "c.jpg", "width": WIDTH, "height": HEIGHT},
+                   {"id": 8, "file_name": "d.jpg", "width": WIDTH, "height": HEIGHT}]
+    test_annotations = [
+        ann(1, 7, [4, 4, 16, 16]),
+        ann(2, 7, [20, 20, 0.5, 6]),  # sub-pixel width
+        ann(3, 7, [8, 8, 10, 10], segmentation="garbage"),  # pycocotools cannot decode it
+        ann(4, 8, [50, 30, 30, 30]),  # partly outside: clipped in test.json only
+        ann(5, 8, [30, 10, 20, 20], category_id=3),
+    ]
+    _write(root / "annotations" / "instances_test.json", test_images, test_annotations)
     return root
 
 

@@ -4,6 +4,7 @@ import torchvision
 from torch import nn
 
 from pipeline.backbone import ResNet, load_torchvision_weights
+from pipeline.errors import PipelineError
 
 
 def _randomise_norms(model: nn.Module) -> None:
@@ -50,13 +51,13 @@ def test_same_outputs_as_torchvision_with_its_weights(depth, tmp_path):
 def test_mismatched_weights_error_names_the_file(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    with pytest.raises(ValueError, match="r18.pth.*missing"):
+    with pytest.raises(PipelineError, match="r18.pth.*missing"):
         load_torchvision_weights(ResNet(depth=34), path)
-    with pytest.raises(ValueError, match="r18.pth.*shape"):
+    with pytest.raises(PipelineError, match="r18.pth.*shape"):
         load_torchvision_weights(ResNet(depth=18, base_channels=32), path)
     garbage = tmp_path / "garbage.pth"
     garbage.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="garbage.pth"):
+    with pytest.raises(PipelineError, match="garbage.pth"):
         load_torchvision_weights(ResNet(depth=18), garbage)
 
 

@@ -9,7 +9,6 @@ from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from pipeline.coco import prepare
 from pipeline.config import AugmentParams, InputParams, SyntheticParams
 from pipeline.data import (
     InstanceDataset,
@@ -20,9 +19,13 @@ from pipeline.data import (
     collate,
     finish_target,
     fit_boxes_to_masks,
+    ground_truth_path,
     read_label_map,
+    read_rgb,
     rotate_hue,
 )
+from pipeline.errors import PipelineError
+from pipeline.prepare import prepare
 from pipeline.synthetic import generate
 from tests import crafted_coco
 
@@ -44,7 +47,7 @@ def input_params(size: int = SIZE, **augment) -> InputParams:
 
 def prepare_all(root: Path, out: Path) -> Path:
     out.mkdir(parents=True)
-    prepare(root, {"train": "train", "val": "val"}, out, categories=None, max_images=None,
+    prepare(root, {"train": "train", "val": "val", "test": "test"}, out, categories=None, max_images=None,
             keep_empty_train=False, strict=False)
     return out
 
@@ -55,10 +58,16 @@ def crafted(tmp_path_factory) -> Path:
     return prepare_all(crafted_coco.build(tmp / "coco"), tmp / "prepared")
 
 
+@pytest.fixture
+def crafted_copy(tmp_path) -> Path:
+    """A crafted COCO root and its prepared data that a test may damage."""
+    return prepare_all(crafted_coco.build(tmp_path / "coco"), tmp_path / "prepared")
+
+
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("synthetic")
-    generate(tmp / "synthetic", SyntheticParams(train_images=16, val_images=4, crowd_prob=0.5), seed=1)
+    generate(tmp / "synthetic", SyntheticParams(train_images=16, val_images=4, test_images=2, crowd_prob=0.5), seed=1)
     return prepare_all(tmp / "synthetic", tmp / "prepared")
 
 
@@ -126,11 +135,37 @@ def test_label_map_and_paths(crafted):
     assert read_label_map(crafted) == [{"label": 0, "category_id": 1, "name": "cat"},
                                        {"label": 1, "category_id": 3, "name": "dog"}]
     assert annotations_path(crafted, "val") == crafted / "val.json"
+    assert ground_truth_path(crafted, "test") == crafted / "gt_test.json"
     dataset = InstanceDataset(crafted, "train", build_transforms(input_params(), train=False))
     _, target = dataset[dataset.image_ids.index(11)]
     assert target["labels"].tolist() == [1]  # category 3 ("dog") is label 1
+    assert InstanceDataset(crafted, "test", build_transforms(input_params(), train=False)).image_ids == [7, 8]
     with pytest.raises(ValueError):
-        annotations_path(crafted, "test")
+        annotations_path(crafted, "minival")
+    with pytest.raises(ValueError):
+        ground_truth_path(crafted, "train")
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "resize"])
+def test_an_image_damaged_after_prepare_raises_naming_it(crafted_copy, damage):
+    dataset = InstanceDataset(crafted_copy, "test", build_transforms(input_params(), train=False))
+    path = dataset.image_dir / "c.jpg"
+    if damage == "delete":
+        path.unlink()
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        crafted_coco.picture(size=(20, 10)).save(path)
+    with pytest.raises(PipelineError, match=r"test/c\.jpg: .*prepare") as err:
+        dataset[0]
+    assert "\n" not in str(err.value)
+
+
+def test_read_rgb_names_a_file_that_is_no_image(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("not an image")
+    with pytest.raises(PipelineError, match="notes.png"):
+        read_rgb(path)
 
 
 def test_images_without_instances_load(crafted, tmp_path):

@@ -8,13 +8,16 @@ import pytest
 import yaml
 from pycocotools import mask as mask_utils
 
-from pipeline.coco import clean_annotation, prepare, select_categories, size_bucket
-from pipeline.data import load_coco
+from pipeline.annotations import clean_annotation, select_categories
+from pipeline.data import annotations_path, ground_truth_path, image_dir, load_coco
+from pipeline.data_summary import size_bucket
 from pipeline.errors import PipelineError
+from pipeline.evaluation import coco_evaluate
+from pipeline.prepare import carved_ids, prepare
 from tests import crafted_coco
 from tests.conftest import PYTHON, stage_env
 
-SPLITS = {"train": "train", "val": "val"}
+SPLITS = {"train": "train", "val": "val", "test": "test"}
 
 
 @pytest.fixture
@@ -56,7 +59,7 @@ def test_every_broken_input_is_counted_with_its_reason(root, tmp_path):
 
 def test_instance_counts_add_up(root, tmp_path):
     summary = run_prepare(root, tmp_path / "out")
-    for role in ("train", "val"):
+    for role in ("train", "val", "test"):
         counts = summary["roles"][role]
         cleaned = json.loads((tmp_path / "out" / f"{role}.json").read_text())
         per_category = counts["per_category"]
@@ -124,6 +127,98 @@ def test_prepared_files_load_in_pycocotools(root, tmp_path):
     assert len(gt.getAnnIds()) == 2
 
 
+def perfect_detections(dataset: dict) -> list[dict]:
+    """A score-1 box result exactly on every non-crowd annotation of a COCO json."""
+    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+            for a in dataset["annotations"] if not a["iscrowd"]]
+
+
+def test_scoring_ground_truth_keeps_what_cleaning_drops(root, tmp_path):
+    run_prepare(root, tmp_path / "out")
+    cleaned = json.loads(annotations_path(tmp_path / "out", "val").read_text())
+    official = json.loads(ground_truth_path(tmp_path / "out", "val").read_text())
+    assert 4 not in {a["id"] for a in cleaned["annotations"]}  # the sub-pixel box
+    assert {a["id"] for a in official["annotations"]} == {1, 2, 4}  # 3 is on the missing image
+    assert {image["id"] for image in official["images"]} == {image["id"] for image in cleaned["images"]} == {1, 2}
+
+    detections = perfect_detections(cleaned)
+    against_cleaned = coco_evaluate(annotations_path(tmp_path / "out", "val"), detections, "bbox")
+    against_official = coco_evaluate(ground_truth_path(tmp_path / "out", "val"), detections, "bbox")
+    assert against_cleaned.detail["AR100"] == pytest.approx(1.0)
+    # Category 1 has two ground truths in the official file and only one is detected: recall 1/2.
+    assert against_official.detail["AR100"] == pytest.approx((0.5 + 1.0) / 2)
+    assert against_official.detail["AP"] < against_cleaned.detail["AP"]
+
+
+def test_ground_truth_records_are_untouched_and_unloadable_ones_counted(root, tmp_path):
+    summary = run_prepare(root, tmp_path / "out")
+    raw = {a["id"]: a for a in json.loads((root / "annotations" / "instances_test.json").read_text())["annotations"]}
+    official = {a["id"]: a for a in json.loads(ground_truth_path(tmp_path / "out", "test").read_text())["annotations"]}
+    cleaned = {a["id"]: a for a in json.loads(annotations_path(tmp_path / "out", "test").read_text())["annotations"]}
+    assert set(official) == {1, 2, 4, 5} and set(cleaned) == {1, 4, 5}
+    assert all(official[i] == raw[i] for i in official)
+    assert official[4]["bbox"] == [50, 30, 30, 30] and cleaned[4]["bbox"] == [50, 30, 14, 18]
+    test = summary["roles"]["test"]
+    assert [(d["id"], d["image_id"]) for d in test["ground_truth"]["left_out"]] == [(3, 7)]
+    assert test["ground_truth"]["instances"] == 4 and test["instances"] == 3
+    assert "ground_truth" not in summary["roles"]["train"]
+    load_coco(ground_truth_path(tmp_path / "out", "test"))  # pycocotools loads it
+
+
+def test_ground_truth_follows_the_category_filter(root, tmp_path):
+    run_prepare(root, tmp_path / "out", categories=["dog"])
+    official = json.loads(ground_truth_path(tmp_path / "out", "test").read_text())
+    assert [a["id"] for a in official["annotations"]] == [5]
+    assert [c["id"] for c in official["categories"]] == [3]
+
+
+def test_val_carved_from_train_shares_no_image_and_ignores_file_order(root, tmp_path):
+    splits = {"train": "train", "val": "train", "test": "test"}
+    options = dict(categories=None, max_images=None, keep_empty_train=True, strict=False)
+    (tmp_path / "a").mkdir()
+    summary = prepare(root, splits, tmp_path / "a", val_images=4, seed=3, **options)
+    roles = {role: {i["id"] for i in json.loads(annotations_path(tmp_path / "a", role).read_text())["images"]}
+             for role in ("train", "val")}
+    carved = carved_ids(set(range(1, 14)), 4, seed=3)
+    assert roles["val"] <= carved and not roles["train"] & carved
+    assert len(roles["val"]) + len(summary["roles"]["val"]["dropped_images"]) == 4
+    assert summary["val_carved"] == {"from": "train", "images": 4, "seed": 3}
+    official = json.loads(ground_truth_path(tmp_path / "a", "val").read_text())
+    assert {i["id"] for i in official["images"]} == roles["val"]
+    assert {a["image_id"] for a in official["annotations"]} <= roles["val"]
+    assert image_dir(tmp_path / "a", "val") == image_dir(tmp_path / "a", "train")
+
+    path = root / "annotations" / "instances_train.json"
+    dataset = json.loads(path.read_text())
+    dataset["images"].reverse()
+    dataset["annotations"].reverse()
+    path.write_text(json.dumps(dataset))
+    (tmp_path / "b").mkdir()
+    prepare(root, splits, tmp_path / "b", val_images=4, seed=3, **options)
+    val_b = {i["id"] for i in json.loads(annotations_path(tmp_path / "b", "val").read_text())["images"]}
+    assert val_b == roles["val"]
+    assert carved_ids(set(range(1, 14)), 4, seed=4) != carved
+
+
+def test_carving_every_train_image_is_an_error(root, tmp_path):
+    with pytest.raises(PipelineError, match="val_images"):
+        prepare(root, {"train": "train", "val": "train", "test": "test"}, tmp_path, categories=None,
+                max_images=None, keep_empty_train=False, strict=False, val_images=13)
+
+
+def test_image_dirs_inside_the_repository_are_relative_and_move_with_it(root, tmp_path):
+    repository = tmp_path / "repo"
+    (repository / "data").mkdir(parents=True)
+    coco = root.rename(repository / "data" / "coco")
+    run_prepare(coco, repository / "data" / "prepared", repository=repository)
+    recorded = json.loads((repository / "data" / "prepared" / "image_dirs.json").read_text())
+    assert recorded == {"train": "../coco/train", "val": "../coco/val", "test": "../coco/test"}
+
+    moved = repository.rename(tmp_path / "elsewhere")
+    assert image_dir(moved / "data" / "prepared", "test").resolve() == (moved / "data" / "coco" / "test").resolve()
+    assert (image_dir(moved / "data" / "prepared", "test") / "c.jpg").is_file()
+
+
 def test_clean_annotation_clips_and_computes_missing_area():
     image = {"id": 1, "width": 10, "height": 10}
     raw = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [-2, 5, 6, 20],
@@ -166,28 +261,35 @@ def run_stage(tmp_path: Path, params: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_stage_writes_prepared_data_summary_and_figure(tmp_path):
-    synthetic = {"train_images": 6, "val_images": 3, "width": 96, "height": 80, "crowd_prob": 0.5}
+def test_stage_writes_three_roles_and_a_summary_without_absolute_paths(tmp_path):
+    synthetic = {"train_images": 6, "val_images": 3, "test_images": 4, "width": 96, "height": 80, "crowd_prob": 0.5}
     result = run_stage(tmp_path, write_params(tmp_path, {"source": "synthetic", "synthetic": synthetic}))
     assert result.returncode == 0, result.stderr
 
     prepared = tmp_path / "data" / "prepared"
     image_dirs = json.loads((prepared / "image_dirs.json").read_text())
-    assert image_dirs == {"train": "synthetic/train", "val": "synthetic/val"}
+    assert image_dirs == {"train": "synthetic/train", "val": "synthetic/val", "test": "synthetic/test"}
     assert len(json.loads((prepared / "labels.json").read_text())) >= 5
-    summary = json.loads((tmp_path / "reports" / "data" / "summary.json").read_text())
-    assert summary["source"] == "synthetic"
-    for role, n in (("train", 6), ("val", 3)):
+    summary_text = (tmp_path / "reports" / "data" / "summary.json").read_text()
+    assert str(tmp_path) not in summary_text
+    summary = json.loads(summary_text)
+    assert summary["source"] == "synthetic" and summary["root"] == "data/prepared/synthetic"
+    ids = {}
+    for role, n in (("train", 6), ("val", 3), ("test", 4)):
         assert summary["roles"][role]["images"] == n
-        assert len(json.loads((prepared / f"{role}.json").read_text())["images"]) == n
+        ids[role] = {image["id"] for image in json.loads(annotations_path(prepared, role).read_text())["images"]}
+        assert len(ids[role]) == n
         assert len(list((prepared / "synthetic" / role).glob("*.png"))) == n
-    assert (tmp_path / "reports" / "data" / "box_sizes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "data.train.images 6" in result.stdout
+    assert not (ids["train"] & ids["val"] or ids["train"] & ids["test"] or ids["val"] & ids["test"])
+    for role in ("val", "test"):
+        assert {i["id"] for i in json.loads(ground_truth_path(prepared, role).read_text())["images"]} == ids[role]
+    assert not (tmp_path / "reports" / "data" / "box_sizes.png").exists()  # drawn by the anchors stage now
+    assert "data.train.images 6" in result.stdout and "data.test.images 4" in result.stdout
 
 
 def test_stage_fails_in_one_line_and_writes_nothing_under_strict(root, tmp_path):
     params = write_params(tmp_path, {"source": "coco", "root": str(root), "train_split": "train",
-                                     "val_split": "val", "strict": True})
+                                     "val_split": "val", "test_split": "test", "strict": True})
     result = run_stage(tmp_path, params)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]

@@ -14,7 +14,11 @@ import yaml
 
 from pipeline import config
 from pipeline.errors import PipelineError
-from pipeline.train import Dist, SampleStream, TrainOutputs, build_optimizer, learning_rate, load_checkpoint, train
+from pipeline.checkpoints import load_checkpoint
+from pipeline.distributed import Dist
+from pipeline.sampling import SampleStream
+from pipeline.schedule import build_optimizer, learning_rate
+from pipeline.train import TrainOutputs, train
 from tests.conftest import PYTHON, stage_env
 
 

@@ -10,7 +10,7 @@ import yaml
 from tests.conftest import PYTHON, REPO, stage_env
 
 TINY = {
-    "data": {"synthetic": {"train_images": 16, "val_images": 8, "width": 80, "height": 64,
+    "data": {"synthetic": {"train_images": 16, "val_images": 8, "test_images": 8, "width": 80, "height": 64,
                            "min_objects": 1, "max_objects": 3}},
     "input": {"size": 64},
     "model": {"backbone": {"base_channels": 8}, "fpn": {"out_channels": 16}, "head": {"num_prototypes": 4}},

@@ -1,0 +1,65 @@
+"""Run one stage module and record every params key it reads (used by test_dependencies.py).
+
+Usage, from a project directory: ``python params_probe.py OUT.json stages.NAME [args...]``.
+A read is a leaf attribute access on the params dataclasses made by project code; reads made inside the
+modules of ``NOT_OUTPUT_SHAPING`` (parsing, validation, tracking, the stage runner) do not count, since they
+cannot change a stage's outputs.
+"""
+import dataclasses
+import json
+import runpy
+import sys
+import typing
+from pathlib import Path
+
+NOT_OUTPUT_SHAPING = {"config.py", "tracking.py", "stage.py", "provenance.py"}
+
+
+def main() -> None:
+    out, module, *argv = sys.argv[1:]
+    project = Path.cwd().resolve()
+    sys.path.insert(0, str(project))
+    from pipeline import config
+
+    code_dirs = (str(project / "pipeline"), str(project / "stages"))
+    prefixes: dict[type, str] = {config.Params: ""}
+
+    def walk(cls: type, prefix: str) -> None:
+        for name, tp in typing.get_type_hints(cls).items():
+            if dataclasses.is_dataclass(tp):
+                prefixes[tp] = f"{prefix}{name}."
+                walk(tp, f"{prefix}{name}.")
+
+    walk(config.Params, "")
+    reads: set[str] = set()
+
+    def reader(frame) -> str | None:
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if filename.startswith(code_dirs):
+                return filename
+            frame = frame.f_back
+        return None
+
+    def recording_getattribute(self, name):
+        value = object.__getattribute__(self, name)
+        cls = type(self)
+        if name in cls.__dataclass_fields__ and not dataclasses.is_dataclass(value):
+            filename = reader(sys._getframe(1))
+            if filename and Path(filename).name not in NOT_OUTPUT_SHAPING:
+                reads.add(prefixes[cls] + name)
+        return value
+
+    for cls in prefixes:
+        cls.__getattribute__ = recording_getattribute
+    sys.argv = [module, *argv]
+    code = 0
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    Path(out).write_text(json.dumps({"exit": code, "reads": sorted(reads)}))
+
+
+if __name__ == "__main__":
+    main()
