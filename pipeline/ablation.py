@@ -1,27 +1,51 @@
-"""An ablation cell: the base params with one grid point and the shortened schedule, trained and scored."""
+"""One ablation cell: the base params at one grid point and seed with the shortened schedule, trained
+(validating on the val split) and scored on the test split.
+
+A cell writes ``<name>.json`` (metrics, validation curve, TIDE errors, MLflow ids) and
+``<name>.<iou_type>.npz`` (COCOeval's per-image matches, from which the report bootstraps intervals).
+Its weights are not kept: they live in a scratch directory only while the cell runs.
+"""
 from __future__ import annotations
 
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, Params, replace
-from .inference import flat_metrics, load_model, predict, score, val_loader
-from .data import annotations_path
-from .io import atomic_write_json
+from .config import ConfigError, Params, grid_cell_name, replace
+from .data import ground_truth_path, read_label_map
 from .distributed import select_device
-from .train import TrainOutputs, train
+from .error_analysis import ERROR_TYPES, tide_errors
+from .evaluation import IOU_TYPES, load_coco, save_image_matches
+from .inference import flat_metrics, load_model, predict, score, split_loader, validation_scorer
+from .io import atomic_write_json
+from .train import VALIDATION_COLUMNS, TrainOutputs, train
 
 
-def cell_params(params: Params, pos_iou: float, neg_iou: float, scales: str) -> Params:
-    """``params`` with the cell's matching thresholds, anchor scales and ``ablation.train`` overrides."""
+def cell_name(pos_iou: float, neg_iou: float, scales: str, seed: int) -> str:
+    """``p0.5-n0.4-base-s0``: the grid cell and the seed."""
+    return f"{grid_cell_name(pos_iou, neg_iou, scales)}-s{seed}"
+
+
+@dataclass(frozen=True)
+class CellOutputs:
+    result: Path  # <name>.json
+
+    def matches(self, iou_type: str) -> Path:
+        return self.result.with_name(f"{self.result.stem}.{iou_type}.npz")
+
+
+def cell_params(params: Params, pos_iou: float, neg_iou: float, scales: str, seed: int) -> Params:
+    """``params`` with the cell's matching thresholds, anchor scales, seed and ``ablation.train`` overrides."""
     abl = params.ablation
     if scales not in abl.scale_sets:
         raise ConfigError("ablation.anchor_scales", f"'{scales}' is not in ablation.scale_sets")
     overrides: dict[str, Any] = {
-        "loss.pos_iou": pos_iou, "loss.neg_iou": neg_iou, "anchors.scales": abl.scale_sets[scales],
+        "seed": seed, "loss.pos_iou": pos_iou, "loss.neg_iou": neg_iou, "anchors.scales": abl.scale_sets[scales],
+        "train.keep_best": False,
     }
-    for key in ("iterations", "lr_steps", "warmup_iterations"):
+    for key in ("iterations", "lr_steps", "warmup_iterations", "eval_every"):
         value = getattr(abl.train, key)
         if value is not None:
             overrides[f"train.{key}"] = value
@@ -30,24 +54,62 @@ def cell_params(params: Params, pos_iou: float, neg_iou: float, scales: str) -> 
     return replace(params, **overrides)
 
 
-def run_cell(params: Params, prepared_dir: Path, work_dir: Path, result_path: Path, run: Any,
+def run_cell(params: Params, prepared_dir: Path, work_dir: Path, outputs: CellOutputs, run: Any,
              grid: dict[str, Any]) -> dict[str, Any]:
-    """Train (resumable, in ``work_dir``) and evaluate; write the cell's metrics JSON."""
-    start = time.perf_counter()
-    outputs = TrainOutputs(work_dir / "model.pt", work_dir / "log.csv", work_dir / "checkpoints")
-    train(params, prepared_dir, outputs,
-          on_log=lambda row: run.log_metrics({f"train/{k}": v for k, v in row.items() if k != "iteration"},
-                                             step=int(row["iteration"])))
-    train_seconds = time.perf_counter() - start
+    """Train in ``work_dir`` (resumable while it runs, removed after), score the test split, write the cell."""
     device = select_device(params.train.device)
-    model, _, label_map, _ = load_model(outputs.model_path, device)
-    predictions = predict(model, val_loader(params, prepared_dir), params.eval, params.loss.use_focal_loss,
-                          [entry["category_id"] for entry in label_map], device)
-    metrics = flat_metrics(score(annotations_path(prepared_dir, "val"), predictions))
-    run.log_metrics(metrics)
-    run.log_metrics({"train_seconds": train_seconds, "inference_s_per_image": predictions.seconds_per_image})
-    run.log_artifact(outputs.log_path, "train")
-    row = {**grid, **metrics, "train_seconds": round(train_seconds, 2),
-           "inference_s_per_image": predictions.seconds_per_image, "mlflow_run_id": run.run_id or ""}
-    atomic_write_json(result_path, row)
+    category_ids = [entry["category_id"] for entry in read_label_map(prepared_dir)]
+    validate = validation_scorer(params, prepared_dir, category_ids, device) if params.train.eval_every else None
+    curve: list[dict[str, float]] = []
+
+    def log(row: dict[str, float]) -> None:
+        metrics = {(k if k in VALIDATION_COLUMNS else f"train/{k}"): v for k, v in row.items() if k != "iteration"}
+        run.log_metrics(metrics, step=int(row["iteration"]))
+        if VALIDATION_COLUMNS[0] in row:
+            curve.append({"iteration": int(row["iteration"]), **{k: row[k] for k in VALIDATION_COLUMNS}})
+
+    start = time.perf_counter()
+    outputs_dir = TrainOutputs(work_dir / "model.pt", work_dir / "log.csv", work_dir / "checkpoints")
+    train(params, prepared_dir, outputs_dir, on_log=log, validate=validate)
+    train_seconds = time.perf_counter() - start
+    trained = load_model(outputs_dir.model_path, device)
+    loader = split_loader(prepared_dir, "test", params.input, params.eval.batch_size, params.data.num_workers)
+    predictions = predict(trained.model, loader, params.eval, params.loss.use_focal_loss, category_ids, device)
+    gt_path = ground_truth_path(prepared_dir, "test")
+    evaluations = score(gt_path, predictions)
+    gt = load_coco(gt_path)
+    tide = {t: tide_errors(gt, predictions.results[t], t, image_ids=predictions.image_ids) for t in IOU_TYPES}
+    for t in IOU_TYPES:
+        save_image_matches(outputs.matches(t), evaluations[t].matches)
+    run.log_artifact(outputs_dir.log_path, "train")
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+    metrics = flat_metrics(evaluations)
+    tide_metrics = {f"tide_{t}_dAP_{e}": tide[t]["dAP"][e] for t in IOU_TYPES for e in ERROR_TYPES}
+    run.log_metrics({**{f"test_{k}": v for k, v in metrics.items()}, **tide_metrics, "train_seconds": train_seconds,
+                     "inference_s_per_image": predictions.seconds_per_image})
+    row = {**grid, "seed": params.seed, "iterations": params.train.iterations, "test_images": predictions.num_images,
+           **metrics, **tide_metrics, "val_curve": curve, "train_seconds": round(train_seconds, 2),
+           "inference_s_per_image": predictions.seconds_per_image, "mlflow_run_id": run.run_id or "",
+           "mlflow_parent_run_id": run.parent_run_id or "", "mlflow_tracking_uri": run.uri if run.online else ""}
+    atomic_write_json(outputs.result, row)
     return row
+
+
+def group_key(params: Params) -> str:
+    """What makes cells one ablation: the code commit, the DVC experiment and every param but the grid
+    itself, so that all cells of one ``dvc repro`` share one MLflow parent run."""
+    import hashlib
+    import json
+    import os
+
+    from .config import to_dict
+    from .provenance import git_state
+
+    shared = to_dict(params)
+    shared.pop("mlflow")
+    for key in ("thresholds", "anchor_scales", "seeds", "baseline"):
+        shared["ablation"].pop(key)
+    shared["ablation"]["scale_sets"] = sorted(shared["ablation"]["scale_sets"].items())
+    text = json.dumps([git_state()["git_commit"], os.environ.get("DVC_EXP_NAME", ""), shared], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

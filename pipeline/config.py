@@ -175,6 +175,7 @@ class EvalParams:
     max_detections: int = 100
     mask_threshold: float = 0.5
     num_visualize: int = 4
+    bootstrap_resamples: int = 1000  # image resamples of the 95% intervals of AP and of AP differences
 
 
 @dataclass(frozen=True)
@@ -186,9 +187,12 @@ class MlflowParams:
 
 @dataclass(frozen=True)
 class AblationTrainParams:
+    """Overrides of ``train.*`` for every ablation cell (None: as in ``train``)."""
+
     iterations: Optional[int] = None
     lr_steps: Optional[list[int]] = None
     warmup_iterations: Optional[int] = None
+    eval_every: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,8 @@ class AblationParams:
     scale_sets: dict[str, list[list[float]]] = field(
         default_factory=lambda: {"yolact": [[24], [48], [96], [192], [384]]}
     )
+    seeds: list[int] = field(default_factory=lambda: [0])
+    baseline: Optional[str] = None  # the cell differences are taken against, e.g. p0.5-n0.4-base; None: the first
     train: AblationTrainParams = field(default_factory=AblationTrainParams)
 
 
@@ -481,6 +487,8 @@ def validate(params: Params, base_dir: Path = REPO_ROOT) -> None:
     _positive("eval.top_k", ev.top_k)
     _positive("eval.max_detections", ev.max_detections)
     _non_negative("eval.num_visualize", ev.num_visualize)
+    if ev.bootstrap_resamples < 1000:
+        raise ConfigError("eval.bootstrap_resamples", f"must be at least 1000, got {ev.bootstrap_resamples}")
 
     if not params.mlflow.experiment:
         raise ConfigError("mlflow.experiment", "must not be empty")
@@ -516,6 +524,19 @@ def validate(params: Params, base_dir: Path = REPO_ROOT) -> None:
             raise ConfigError(f"ablation.anchor_scales[{i}]", f"'{name}' is not in ablation.scale_sets")
     if abl.train.iterations is not None:
         _positive("ablation.train.iterations", abl.train.iterations)
+    if abl.train.eval_every is not None:
+        _non_negative("ablation.train.eval_every", abl.train.eval_every)
+    if not abl.seeds or len(set(abl.seeds)) != len(abl.seeds):
+        raise ConfigError("ablation.seeds", f"must be a non-empty list of distinct seeds, got {abl.seeds}")
+    if abl.baseline is not None:
+        cells = [grid_cell_name(p, n, s) for p, n in abl.thresholds for s in abl.anchor_scales]
+        if abl.baseline not in cells:
+            raise ConfigError("ablation.baseline", f"{abl.baseline!r} is not a cell of the grid ({', '.join(cells)})")
+
+
+def grid_cell_name(pos_iou: float, neg_iou: float, scales: str) -> str:
+    """The name of an ablation cell of the grid, e.g. ``p0.5-n0.4-base``."""
+    return f"p{pos_iou:g}-n{neg_iou:g}-{scales}"
 
 
 def _validate_thresholds(pos_key: str, pos: float, neg_key: str, neg: float) -> None:

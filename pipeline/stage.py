@@ -24,6 +24,7 @@ class Tracking:
     experiment: str | None = None
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    parent: tuple[str, str] | None = None  # (group key, name): nest under the group's parent run
 
 
 Derive = Callable[[Params, argparse.Namespace], tuple[Params, Tracking]]
@@ -58,7 +59,7 @@ def run_stage(
 
     run = None
     try:
-        run = start_run(params, tracking.run_name or name, tracking.experiment, tracking.tags)
+        run = start_run(params, tracking.run_name or name, tracking.experiment, tracking.tags, tracking.parent)
         main(params, run, args)
     except ConfigError as err:
         _fail(run, f"error: {err}", 2)

@@ -54,10 +54,12 @@ def fingerprint(paths: Iterable[Path]) -> str:
 class Run:
     """One MLflow run. Every method is safe to call when offline (``run_id is None``)."""
 
-    def __init__(self, client: Any, run_id: str | None, uri: str, required: bool, quiet: bool = False):
+    def __init__(self, client: Any, run_id: str | None, uri: str, required: bool, quiet: bool = False,
+                 parent_run_id: str | None = None):
         self._client = client
         self._quiet = quiet
         self.run_id = run_id
+        self.parent_run_id = parent_run_id
         self.uri = uri
         self._required = required
         self._metrics: list[Any] = []
@@ -116,6 +118,10 @@ class Run:
             elif Path(path).is_file():
                 self._call(lambda: self._client.log_artifact(run_id, str(path), artifact_path))
 
+    def end_other(self, run_id: str, status: str) -> None:
+        """Mark another run (a parent this run logged into) as ended."""
+        self._call(lambda: self._client.set_terminated(run_id, status))
+
     def end(self, status: str) -> None:
         self.flush()
         self._call(lambda: self._client.set_terminated(self.run_id, status))
@@ -145,8 +151,13 @@ def start_run(
     stage: str,
     experiment: str | None = None,
     tags: dict[str, Any] | None = None,
+    parent: tuple[str, str] | None = None,
 ) -> Run:
-    """Open a run with all params (dotted) and the standard tags; offline if the store is unreachable."""
+    """Open a run with all params (dotted) and the standard tags; offline if the store is unreachable.
+
+    ``parent = (key, name)`` nests the run under the run of the experiment tagged ``group_key=key``,
+    created (named ``name``) by the first run of the group.
+    """
     settings: MlflowParams = params.mlflow
     if int(os.environ.get("RANK", "0")) != 0:
         return Run(None, None, "", required=False, quiet=True)
@@ -156,7 +167,7 @@ def start_run(
     experiment = experiment or settings.experiment
     exp_name = os.environ.get("DVC_EXP_NAME")
     try:
-        client, run_id = _create_run(uri, experiment, f"{stage} · {exp_name}" if exp_name else stage)
+        client, run_id, parent_id = _create_run(uri, experiment, f"{stage} · {exp_name}" if exp_name else stage, parent)
     except Exception as err:
         if settings.required:
             raise PipelineError(
@@ -167,7 +178,7 @@ def start_run(
         run = Run(None, None, uri, required=False)
         run.offline_reason = f"store {uri} unreachable"
         return run
-    run = Run(client, run_id, uri, settings.required)
+    run = Run(client, run_id, uri, settings.required, parent_run_id=parent_id)
     import torch
 
     from .provenance import git_state
@@ -178,6 +189,7 @@ def start_run(
         "dvc_stage": stage,
         "torch_version": torch.__version__,
         **({"dvc_exp": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {}),
+        **({"mlflow.parentRunId": parent_id} if parent_id else {}),
         **(tags or {}),
     }
     run.set_tags(all_tags)
@@ -196,7 +208,8 @@ def _dependency_hashes() -> dict[str, str]:
         return {}
 
 
-def _create_run(uri: str, experiment: str, run_name: str) -> tuple[Any, str]:
+def _create_run(uri: str, experiment: str, run_name: str,
+                parent: tuple[str, str] | None) -> tuple[Any, str, str | None]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -210,8 +223,18 @@ def _create_run(uri: str, experiment: str, run_name: str) -> tuple[Any, str]:
             exp_id = _retry(lambda: client.create_experiment(experiment, artifact_location=location))
         else:
             exp_id = exp.experiment_id
+        parent_id = _group_run(client, exp_id, *parent) if parent else None
     run = _retry(lambda: client.create_run(exp_id, run_name=run_name))
-    return client, run.info.run_id
+    return client, run.info.run_id, parent_id
+
+
+def _group_run(client: Any, experiment_id: str, key: str, name: str) -> str:
+    """The id of the run tagged ``group_key=key`` in the experiment, created if there is none."""
+    found = _retry(lambda: client.search_runs([experiment_id], filter_string=f"tags.group_key = '{key}'",
+                                              max_results=1))
+    if found:
+        return found[0].info.run_id
+    return _retry(lambda: client.create_run(experiment_id, run_name=name, tags={"group_key": key})).info.run_id
 
 
 def _store_lock(uri: str) -> Any:

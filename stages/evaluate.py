@@ -1,60 +1,57 @@
-"""Evaluate models/model.pt on the prepared val split: box and mask mAP with pycocotools."""
+"""Score a trained model on a prepared split: COCO box and mask AP with intervals, error analysis, results files.
+
+`dvc repro` scores models/model.pt on the test split into reports/; any other model or split goes to
+evaluations/<model>-<split>/ unless --out says otherwise, so DVC's outputs are never overwritten.
+"""
 from pathlib import Path
 
 from pipeline.stage import run_stage
 
 PREPARED = Path("data/prepared")
-MODEL = Path("models/model.pt")
-OUT = Path("reports/eval")
+DEFAULT_MODEL = Path("models/model.pt")
+DEFAULT_SPLIT = "test"
+
+
+def configure(parser):
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"a trained model (default {DEFAULT_MODEL})")
+    parser.add_argument("--split", choices=("val", "test"), default=DEFAULT_SPLIT,
+                        help=f"the prepared split to score (default {DEFAULT_SPLIT})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: reports/ for the default model and split)")
+
+
+def outputs_for(args):
+    from pipeline.evaluation_report import EvaluationOutputs
+
+    if args.out is None and args.model == DEFAULT_MODEL and args.split == DEFAULT_SPLIT:
+        return EvaluationOutputs(Path("reports/eval"), Path("reports/metrics.json"), Path("reports/eval_results"))
+    out = args.out or Path("evaluations") / f"{args.model.stem}-{args.split}"
+    return EvaluationOutputs(out, out / "metrics.json", out / "results")
 
 
 def main(params, run, args):
-    """COCO box/mask AP, per-class AP, PR curves, timing and an example figure."""
-    from pipeline.data import InstanceDataset, annotations_path
-    from pipeline.evaluation import contract_metrics, detail_metrics, per_class_ap_table, pr_curve_table
-    from pipeline.inference import flat_metrics, load_model, predict, score, val_loader
-    from pipeline.io import atomic_write_json, atomic_write_text
+    """COCO box/mask AP with bootstrap intervals, TIDE errors, per-class AP, PR curves, results files."""
     from pipeline.distributed import select_device
+    from pipeline.evaluation_report import evaluate_model
+    from pipeline.inference import load_model
     from pipeline.tracking import fingerprint
-    from pipeline.visualize import save_comparison
 
     device = select_device(params.train.device)
-    model, trained, label_map, payload = load_model(MODEL, device)
+    trained = load_model(args.model, device)
+    parent = trained.payload.get("mlflow_run_id")
     run.set_tags({"data_fingerprint": fingerprint(PREPARED.glob("*.json")), "device": str(device),
-                  **({"mlflow.parentRunId": payload["mlflow_run_id"]} if payload.get("mlflow_run_id") else {})})
-    # Architecture and input handling come from the trained model; post-processing from this params.yaml.
-    predictions = predict(model, val_loader(trained, PREPARED), params.eval, trained.loss.use_focal_loss,
-                          [entry["category_id"] for entry in label_map], device, keep_examples=params.eval.num_visualize)
-    gt_path = annotations_path(PREPARED, "val")
-    evaluations = score(gt_path, predictions)
-
-    metrics = {**contract_metrics(evaluations), "inference_s_per_image": predictions.seconds_per_image,
-               "num_images": predictions.num_images}
-    names = {entry["category_id"]: entry["name"] for entry in label_map}
-    curves = pr_curve_table(evaluations)
-    curves["series"] = [f"{t}@{iou:g}" for t, iou in zip(curves["iou_type"], curves["iou"])]
-    wide = curves.pivot_table(index="recall", columns="series", values="precision").reset_index()
-    atomic_write_json(OUT / "detail.json", {**detail_metrics(evaluations), "device": str(device),
-                                            "inference_s_per_image": predictions.seconds_per_image})
-    atomic_write_text(OUT / "per_class_ap.csv", per_class_ap_table(evaluations, names).to_csv(index=False, float_format="%.6g"))
-    atomic_write_text(OUT / "pr_curves.csv", wide.to_csv(index=False, float_format="%.6g"))
-    if predictions.examples:
-        dataset = InstanceDataset(PREPARED, "val", transforms=None)
-        originals = [dataset.load(image_id) for image_id, _ in predictions.examples]
-        targets = [{k: t[k][~t["iscrowd"]] for k in ("boxes", "masks", "labels")} for _, t in originals]
-        save_comparison([img.permute(1, 2, 0).numpy() for img, _ in originals], targets,
-                        [det for _, det in predictions.examples], [e["name"] for e in label_map], OUT / "examples.png")
-    atomic_write_json("reports/metrics.json", metrics)
-
-    flat = {**flat_metrics(evaluations), "inference_s_per_image": predictions.seconds_per_image}
+                  "model": str(args.model), "split": args.split, **({"mlflow.parentRunId": parent} if parent else {})})
+    outputs = outputs_for(args)
+    flat = evaluate_model(trained, args.model, PREPARED, args.split, params, outputs, device)
     run.log_metrics(flat)
-    if payload.get("mlflow_run_id"):
-        run.log_to(payload["mlflow_run_id"], flat, [("reports/metrics.json", "eval"), (str(OUT), "eval")])
-    run.log_artifact("reports/metrics.json")
-    run.log_artifact(OUT, "eval")
-    for iou_type, evaluation in evaluations.items():
-        print(f"{iou_type}:\n{evaluation.summary}")
+    if parent and args.split == DEFAULT_SPLIT:
+        run.log_to(parent, {f"test_{k}": v for k, v in flat.items()},
+                   [(str(outputs.metrics_path), "eval"), (str(outputs.report_dir), "eval")])
+    for path, artifact_dir in ((outputs.metrics_path, "eval"), (outputs.report_dir, "eval"), (outputs.results_dir, "results")):
+        run.log_artifact(path, artifact_dir)
+    print(f"{args.split} split: bbox AP {flat['bbox_AP']:.4f} [{flat['bbox_AP_lo']:.4f}, {flat['bbox_AP_hi']:.4f}], "
+          f"segm AP {flat['segm_AP']:.4f} [{flat['segm_AP_lo']:.4f}, {flat['segm_AP_hi']:.4f}] -> {outputs.metrics_path}")
 
 
 if __name__ == "__main__":
-    run_stage("evaluate", main)
+    run_stage("evaluate", main, configure=configure)

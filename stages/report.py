@@ -1,39 +1,46 @@
-"""The ablation report: reports/ablation.csv, reports/ablation.md and the mask-AP heatmap."""
+"""The ablation report: reports/ablation.{csv,md} and figures, logged to the ablation's MLflow parent run."""
 from pathlib import Path
 
 from pipeline.stage import Tracking, run_stage
-from stages.ablate import CELLS, cell_name
+from stages.ablate import CELLS
 
 ANCHOR_STATS = Path("reports/anchors/anchor_stats.csv")
+OUT = Path("reports")
+FIGURES = ("ablation_heatmap.png", "ablation/curves.png", "ablation/tide.png")
+
+
+def derive(params, args):
+    from pipeline.ablation import group_key
+
+    return params, Tracking(experiment=f"{params.mlflow.experiment}-ablation", parent=(group_key(params), "ablation"))
 
 
 def main(params, run, args):
-    """Join every ablation cell of the current grid with the anchor statistics."""
+    """Every cell with its interval, paired difference to the baseline, convergence and error types."""
     import pandas as pd
 
-    from pipeline.errors import PipelineError
+    from pipeline.ablation_report import (ablation_heatmap, ablation_markdown, ablation_table, load_cells,
+                                          tide_comparison_figure, validation_curves_figure)
+    from pipeline.config import grid_cell_name
     from pipeline.io import atomic_write_text
-    from pipeline.reports import ablation_heatmap, ablation_markdown, ablation_table
 
     abl = params.ablation
-    files = [CELLS / f"{cell_name(p, n, s)}.json" for p, n in abl.thresholds for s in abl.anchor_scales]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise PipelineError(f"ablation cells not run yet: {', '.join(missing)} (run dvc repro)")
-    table = ablation_table(files, pd.read_csv(ANCHOR_STATS) if ANCHOR_STATS.is_file() else None)
-    table.insert(0, "cell", [cell_name(p, n, s) for p, n, s in
-                             zip(table["pos_iou"], table["neg_iou"], table["anchor_scales"])])
-    baseline_scales = next((name for name, scales in abl.scale_sets.items() if scales == params.anchors.scales),
-                           abl.anchor_scales[0])
-    atomic_write_text("reports/ablation.csv", table.to_csv(index=False, float_format="%.6g"))
-    atomic_write_text("reports/ablation.md",
-                      ablation_markdown(table, (params.loss.pos_iou, params.loss.neg_iou, baseline_scales)))
-    ablation_heatmap(table, Path("reports/ablation_heatmap.png"))
-    for path in ("reports/ablation.csv", "reports/ablation.md", "reports/ablation_heatmap.png"):
-        run.log_artifact(path, "ablation")
-    print(table.to_string(index=False, max_cols=8))
+    baseline = abl.baseline or grid_cell_name(*abl.thresholds[0], abl.anchor_scales[0])
+    cells = load_cells(CELLS, abl)
+    anchor_stats = pd.read_csv(ANCHOR_STATS) if ANCHOR_STATS.is_file() else None
+    table = ablation_table(cells, baseline, params.eval.bootstrap_resamples, params.seed, anchor_stats)
+    atomic_write_text(OUT / "ablation.csv", table.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(OUT / "ablation.md", ablation_markdown(table, baseline, params.eval.bootstrap_resamples))
+    ablation_heatmap(table, OUT / FIGURES[0])
+    validation_curves_figure(cells, OUT / FIGURES[1])
+    tide_comparison_figure(table, OUT / FIGURES[2])
+    artifacts = [(str(OUT / name), "ablation") for name in ("ablation.csv", "ablation.md", *FIGURES)]
+    if run.parent_run_id:
+        run.log_to(run.parent_run_id, {}, artifacts)
+        run.end_other(run.parent_run_id, "FINISHED")
+    print(table[["cell", "bbox_AP", "segm_AP", "segm_AP_lo", "segm_AP_hi", "d_segm_AP", "significant",
+                 "converged"]].to_string(index=False))
 
 
 if __name__ == "__main__":
-    run_stage("report", main,
-              derive=lambda params, args: (params, Tracking(experiment=f"{params.mlflow.experiment}-ablation")))
+    run_stage("report", main, derive=derive)

@@ -45,6 +45,8 @@ def test_yolact_coco_preset_is_valid():
                          ["data.source=synthetic", "model.backbone.pretrained=null"])
     assert params.input.size == 550 and params.model.backbone.depth == 50
     assert params.train.iterations == 800_000 and params.train.lr_steps == [280_000, 600_000, 700_000, 750_000]
+    # COCO's convention: val carved from train2017, the official val2017 as the test split.
+    assert params.data.val_split == params.data.train_split == "train2017" and params.data.test_split == "val2017"
 
 
 def _set(raw: dict, dotted: str, value):
@@ -73,6 +75,7 @@ INVALID = [
     ("data.source", "coco", "data.root", "required when data.source is coco"),
     ("data.root", "/nonexistent/coco", "data.root", "directory not found"),
     ("model.backbone.depth", 42, "model.backbone.depth", "must be one of 18, 34, 50, 101, 152"),
+    ("ablation.anchor_scales", ["base$(touch pwned)"], "ablation.anchor_scales[0]", "must be a plain identifier"),
 ]
 
 
@@ -113,3 +116,37 @@ def test_in_process_errors_name_the_dotted_key():
 def test_optimizer_and_schedule_params_are_checked(train, fragment):
     with pytest.raises(config.ConfigError, match=re.escape(fragment)):
         config.validate(config.from_dict({"train": train}))
+
+
+@pytest.mark.parametrize("data, key, fragment", [
+    ({"test_split": "train2017"}, "data.test_split", "must differ from data.train_split"),
+    ({"val_split": "val2017", "test_split": "val2017"}, "data.test_split", "must differ from data.val_split"),
+    ({"val_images": 0}, "data.val_images", "must be positive"),
+    ({"synthetic": {"test_images": 0}}, "data.synthetic.test_images", "must be positive"),
+    ({"synthetic": {"train_images": 10_000_000}}, "data.synthetic.train_images", "must be below"),
+])
+def test_roles_are_checked(data, key, fragment):
+    with pytest.raises(config.ConfigError, match=re.escape(fragment)) as err:
+        config.validate(config.from_dict({"data": data}))
+    assert err.value.key == key
+
+
+def test_role_defaults_follow_cocos_convention():
+    data = config.DataParams()
+    assert (data.train_split, data.val_split, data.test_split) == ("train2017", "train2017", "val2017")
+    assert data.val_images == 500 and data.synthetic.test_images == 500
+    config.validate(config.from_dict({"data": {"val_split": "val2017", "test_split": "test2017"}}))
+
+
+@pytest.mark.parametrize("ablation, key", [
+    ({"anchor_scales": ["a;b"], "scale_sets": {"a;b": [[1], [2], [3], [4], [5]]}}, "ablation.scale_sets"),
+    ({"anchor_scales": ["ok"], "scale_sets": {"ok": [[1], [2], [3], [4], [5]], "1st": [[1], [2], [3], [4], [5]]}},
+     "ablation.scale_sets"),
+    ({"anchor_scales": ["two words"], "scale_sets": {"ok": [[1], [2], [3], [4], [5]]}}, "ablation.anchor_scales[0]"),
+])
+def test_ablation_names_that_reach_the_shell_are_plain_identifiers(ablation, key):
+    with pytest.raises(config.ConfigError, match="plain identifier") as err:
+        config.validate(config.from_dict({"ablation": ablation}))
+    assert err.value.key == key
+    config.validate(config.from_dict({"ablation": {"anchor_scales": ["set_2"],
+                                                   "scale_sets": {"set_2": [[1], [2], [3], [4], [5]]}}}))

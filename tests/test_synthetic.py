@@ -1,19 +1,32 @@
 """The embedded synthetic dataset: deterministic, COCO-valid, with the variety training needs."""
+import hashlib
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from pycocotools import mask as mask_utils
 
-from pipeline.coco import size_bucket
 from pipeline.config import SyntheticParams
+from pipeline.data_summary import size_bucket
 from pipeline.evaluation import load_coco
-from pipeline.synthetic import CATEGORIES, MIN_VISIBLE, generate, render_image, rle_uncompressed, shape_mask
+from pipeline.synthetic import (
+    CATEGORIES,
+    MIN_VISIBLE,
+    generate,
+    generate_split,
+    render_image,
+    rle_uncompressed,
+    shape_mask,
+)
 
+# sha256 of the pixels of train/000001.png and val/000001.png at the default size and seed 0, as
+# generated before the test split existed (commit 704311a).
+TRAIN_DIGEST, VAL_DIGEST = "f17faf577c851ba4", "b9e6f86ede3edb3a"
 SMALL = SyntheticParams(
-    train_images=10, val_images=4, width=96, height=80, min_objects=2, max_objects=5, crowd_prob=0.5
+    train_images=10, val_images=4, test_images=3, width=96, height=80, min_objects=2, max_objects=5, crowd_prob=0.5
 )
 
 
@@ -25,7 +38,7 @@ def files(root: Path) -> dict[str, bytes]:
 def default_size(tmp_path_factory) -> Path:
     """The default image size, enough images to see every size bucket and crowd regions."""
     root = tmp_path_factory.mktemp("synthetic")
-    params = SyntheticParams(train_images=60, val_images=2)
+    params = SyntheticParams(train_images=60, val_images=2, test_images=2)
     generate(root, params, seed=0)
     return root
 
@@ -34,8 +47,35 @@ def test_generation_is_byte_identical_across_runs(tmp_path):
     generate(tmp_path / "a", SMALL, seed=3)
     generate(tmp_path / "b", SMALL, seed=3)
     first, second = files(tmp_path / "a"), files(tmp_path / "b")
-    assert len(first) == 2 + SMALL.train_images + SMALL.val_images
+    assert len(first) == 3 + SMALL.train_images + SMALL.val_images + SMALL.test_images
     assert first == second
+
+
+def test_image_ids_are_unique_across_the_three_splits(tmp_path):
+    generate(tmp_path, SMALL, seed=3)
+    ids = {split: [image["id"] for image in json.loads((tmp_path / "annotations" / f"instances_{split}.json")
+                                                        .read_text())["images"]]
+           for split in ("train", "val", "test")}
+    assert [len(ids[split]) for split in ids] == [SMALL.train_images, SMALL.val_images, SMALL.test_images]
+    assert len(set(ids["train"]) | set(ids["val"]) | set(ids["test"])) == sum(len(v) for v in ids.values())
+
+
+def test_train_and_val_images_keep_their_pixels(tmp_path):
+    """The first images of the default-size train and val splits as they were before the test split
+    existed: the README's numbers were measured on them."""
+    generate(tmp_path, SyntheticParams(train_images=1, val_images=1, test_images=1), seed=0)
+    digests = {split: hashlib.sha256(np.asarray(Image.open(tmp_path / split / "000001.png")).tobytes()).hexdigest()[:16]
+               for split in ("train", "val")}
+    assert digests == {"train": TRAIN_DIGEST, "val": VAL_DIGEST}
+
+
+def test_one_split_with_another_seed_is_another_sample_with_the_same_ids(tmp_path):
+    first = json.loads(generate_split(tmp_path / "a", "test", 3, SMALL, seed=3).read_text())
+    second = json.loads(generate_split(tmp_path / "b", "test", 3, SMALL, seed=11).read_text())
+    assert [i["id"] for i in first["images"]] == [i["id"] for i in second["images"]]
+    assert (tmp_path / "a" / "test" / "000001.png").read_bytes() != (tmp_path / "b" / "test" / "000001.png").read_bytes()
+    generate(tmp_path / "c", SMALL, seed=3)
+    assert files(tmp_path / "a")["test/000002.png"] == files(tmp_path / "c")["test/000002.png"]
 
 
 def test_another_seed_gives_other_images(tmp_path):
