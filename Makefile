@@ -1,14 +1,23 @@
-# make repro: the whole DVC pipeline; make test: the test suite; make bench: reports/bench.{json,md}.
-# The virtual environment is created on first use and reinstalled only when pyproject.toml changes.
+# make repro: the whole DVC pipeline; make test: the test suite; make bench: reports/bench.{json,md};
+# make lock: re-resolve pyproject.toml's requirements into requirements.lock.
+# The virtual environment is created on first use from the lock (every distribution pinned and hashed)
+# and reinstalled only when requirements.lock or pyproject.toml changes.
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+LOCK := requirements.lock
+# The resolver behind `make lock`, run from a throwaway venv. It reads PyPI only (not pip's config);
+# the wheels on the machine's local indexes are byte-identical copies, so their hashes are in the lock.
+UV := uv==0.13.9
+LOCK_FLAGS ?=
 
-.PHONY: repro test bench clean-venv
+.PHONY: repro test bench lock clean-venv
 
-$(INSTALLED): pyproject.toml
+# --no-build-isolation: the project builds with the locked setuptools, not whatever the index has today.
+$(INSTALLED): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r $(LOCK)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(INSTALLED)
 
 # DVC runs each stage's `python -m stages.X` through the shell: the venv must come first on PATH.
@@ -20,6 +29,15 @@ test: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(PY) -m benchmarks.run
+
+# Keeps the current pins where pyproject.toml still allows them; LOCK_FLAGS=--upgrade re-resolves
+# everything, LOCK_FLAGS="--upgrade-package dvc" one package. Resolved for this machine's python3.
+lock:
+	tools=$$(mktemp -d) && trap 'rm -rf "$$tools"' EXIT && \
+	python3 -m venv "$$tools" && \
+	"$$tools/bin/python" -m pip install --quiet --disable-pip-version-check $(UV) && \
+	"$$tools/bin/uv" pip compile --quiet --python "$$tools/bin/python" --generate-hashes \
+		--custom-compile-command "make lock" $(LOCK_FLAGS) --output-file $(LOCK) pyproject.toml
 
 clean-venv:
 	rm -rf $(VENV)

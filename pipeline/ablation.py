@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, Params, grid_cell_name, replace
+from .ablation_grid import CellOutputs
+from .config import ConfigError, Params, replace
 from .data import ground_truth_path, read_label_map
 from .distributed import select_device
 from .error_analysis import ERROR_TYPES, tide_errors
@@ -21,19 +21,6 @@ from .evaluation import IOU_TYPES, load_coco, save_image_matches
 from .inference import flat_metrics, load_model, predict, score, split_loader, validation_scorer
 from .io import atomic_write_json
 from .train import VALIDATION_COLUMNS, TrainOutputs, train
-
-
-def cell_name(pos_iou: float, neg_iou: float, scales: str, seed: int) -> str:
-    """``p0.5-n0.4-base-s0``: the grid cell and the seed."""
-    return f"{grid_cell_name(pos_iou, neg_iou, scales)}-s{seed}"
-
-
-@dataclass(frozen=True)
-class CellOutputs:
-    result: Path  # <name>.json
-
-    def matches(self, iou_type: str) -> Path:
-        return self.result.with_name(f"{self.result.stem}.{iou_type}.npz")
 
 
 def cell_params(params: Params, pos_iou: float, neg_iou: float, scales: str, seed: int) -> Params:
@@ -49,8 +36,9 @@ def cell_params(params: Params, pos_iou: float, neg_iou: float, scales: str, see
         value = getattr(abl.train, key)
         if value is not None:
             overrides[f"train.{key}"] = value
-    iterations = overrides.get("train.iterations", params.train.iterations)
-    overrides["train.lr_steps"] = [s for s in overrides.get("train.lr_steps", params.train.lr_steps) if s < iterations]
+    iterations = overrides["train.iterations"] if "train.iterations" in overrides else params.train.iterations
+    steps = overrides["train.lr_steps"] if "train.lr_steps" in overrides else params.train.lr_steps
+    overrides["train.lr_steps"] = [s for s in steps if s < iterations]
     return replace(params, **overrides)
 
 
@@ -95,21 +83,3 @@ def run_cell(params: Params, prepared_dir: Path, work_dir: Path, outputs: CellOu
     atomic_write_json(outputs.result, row)
     return row
 
-
-def group_key(params: Params) -> str:
-    """What makes cells one ablation: the code commit, the DVC experiment and every param but the grid
-    itself, so that all cells of one ``dvc repro`` share one MLflow parent run."""
-    import hashlib
-    import json
-    import os
-
-    from .config import to_dict
-    from .provenance import git_state
-
-    shared = to_dict(params)
-    shared.pop("mlflow")
-    for key in ("thresholds", "anchor_scales", "seeds", "baseline"):
-        shared["ablation"].pop(key)
-    shared["ablation"]["scale_sets"] = sorted(shared["ablation"]["scale_sets"].items())
-    text = json.dumps([git_state()["git_commit"], os.environ.get("DVC_EXP_NAME", ""), shared], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]

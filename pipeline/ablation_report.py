@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .ablation import CellOutputs, cell_name
+from .ablation_grid import CellOutputs, cell_name
 from .bootstrap import _percentile_interval, resample_counts, weighted_ap
 from .config import AblationParams, grid_cell_name
 from .error_analysis import ERROR_TYPES

@@ -142,12 +142,12 @@ def official_ground_truth(
     wanted_categories = set(category_ids)
     images = {}
     for image in dataset["images"]:
-        if isinstance(image, dict) and image.get("id") in wanted_images and image["id"] not in images:
-            images[image["id"]] = image
+        if isinstance(image, dict) and _is_int(image.get("id")) and image["id"] in wanted_images:
+            images.setdefault(image["id"], image)
     annotations, left_out, seen_ids = [], [], set()
     for ann in dataset["annotations"]:
-        if not isinstance(ann, dict) or ann.get("image_id") not in images \
-                or ann.get("category_id") not in wanted_categories:
+        if not (isinstance(ann, dict) and _is_int(ann.get("image_id")) and ann["image_id"] in images
+                and _is_int(ann.get("category_id")) and ann["category_id"] in wanted_categories):
             continue
         problem = ground_truth_problem(ann, images[ann["image_id"]], seen_ids)
         if problem:
@@ -159,7 +159,8 @@ def official_ground_truth(
         **{key: dataset[key] for key in ("info", "licenses") if key in dataset},
         "images": list(images.values()),
         "annotations": annotations,
-        "categories": [c for c in dataset["categories"] if isinstance(c, dict) and c.get("id") in wanted_categories],
+        "categories": [c for c in dataset["categories"]
+                       if isinstance(c, dict) and _is_int(c.get("id")) and c["id"] in wanted_categories],
     }
     return ground_truth, left_out
 

@@ -132,71 +132,86 @@ def _percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, 
 
 def _weighted_precision(matches: ImageMatches, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``precision [B, T, R, K]`` (COCOeval's ``precision[..., area all, maxDets 100]``) and ``has_gt [B, K]``."""
-    num_rows = len(weights)
     num_thresholds, num_recalls = len(matches.iou_thresholds), len(matches.recall_thresholds)
-    precision = np.zeros((num_rows, num_thresholds, num_recalls, len(matches.category_ids)))
+    by_category = np.zeros((len(matches.category_ids), len(weights), num_thresholds, num_recalls))
     image_weights = np.ascontiguousarray(weights.T)  # [I, B]: one detection's weights are one row
     num_gt = weights @ matches.num_gt[matches.area_names.index("all")].T  # [B, K]
     for k in range(len(matches.category_ids)):
         dets = matches.category_slice(k)
-        if _size(dets) == 0 or not num_gt[:, k].any():
-            continue
-        det_weights = image_weights[matches.det_image[dets]]  # [N, B]
-        seen = np.cumsum(det_weights, axis=0)
-        for t in range(num_thresholds):
-            precision[:, t, :, k] = _sampled_precision(
-                det_weights,
-                seen,
-                matches.det_matched[t, dets],
-                matches.det_ignored[t, dets],
+        if _size(dets) and num_gt[:, k].any():
+            by_category[k] = _category_precision(
+                image_weights[matches.det_image[dets]],
+                matches.det_matched[:, dets],
+                matches.det_ignored[:, dets],
                 num_gt[:, k],
                 matches.recall_thresholds,
             )
-    return precision, num_gt > 0
+    return _categories_last(by_category), num_gt > 0
 
 
-def _sampled_precision(
-    det_weights: np.ndarray,
-    seen: np.ndarray,
-    matched: np.ndarray,
-    ignored: np.ndarray,
-    num_gt: np.ndarray,
-    recall_thresholds: np.ndarray,
+def _category_precision(
+    det_weights: np.ndarray, matched: np.ndarray, ignored: np.ndarray, num_gt: np.ndarray, recall_thresholds: np.ndarray
 ) -> np.ndarray:
-    """One category at one IoU threshold: ``[B, R]`` envelope precision at the recall thresholds.
+    """One category: ``[B, T, R]`` envelope precision at the recall thresholds, for every IoU threshold.
 
-    ``det_weights [N, B]`` and their running sums ``seen [N, B]`` in score order, ``matched [N]``,
-    ``ignored [N]``, ``num_gt [B]``. The envelope at recall r is the best precision of any point with
-    recall >= r; a point that is not a true positive never beats the true positive that reached its
-    recall, so only true positives are evaluated.
+    ``det_weights [N, B]`` in score order, ``matched [T, N]``, ``ignored [T, N]``, ``num_gt [B]``. The
+    envelope at recall r is the best precision of any point with recall >= r; a point that is not a true
+    positive never beats the true positive that reached its recall, so only true positives are evaluated:
+    ``P`` points, grouped by threshold.
     """
-    true_positive = matched & ~ignored
-    positions = np.flatnonzero(true_positive)
-    num_rows = det_weights.shape[1]
+    num_thresholds, num_dets = matched.shape
+    num_rows, num_bins = det_weights.shape[1], len(recall_thresholds) + 1
+    thresholds, positions = np.nonzero(matched & ~ignored)
     if positions.size == 0:
-        return np.zeros((num_rows, len(recall_thresholds)))
-    ignored_positions = np.flatnonzero(ignored)
-    tp = np.cumsum(det_weights[positions], axis=0)
-    ignored_sum = np.cumsum(det_weights[ignored_positions], axis=0)
-    ignored_before = np.vstack([np.zeros((1, num_rows), dtype=ignored_sum.dtype), ignored_sum])[
-        np.searchsorted(ignored_positions, positions)
-    ]
-    fp = (seen[positions] - tp - ignored_before).astype(float)
+        return np.zeros((num_rows, num_thresholds, len(recall_thresholds)))
+    bounds = np.searchsorted(thresholds, np.arange(num_thresholds + 1))  # threshold t: points bounds[t]:bounds[t+1]
+
+    tp_sums = _running_sums(det_weights[positions])
+    tp = tp_sums[1:] - tp_sums[bounds[thresholds]]
+    ignored_thresholds, ignored_positions = np.nonzero(ignored)
+    ignored_keys = ignored_thresholds * num_dets + ignored_positions
+    ignored_sums = _running_sums(det_weights[ignored_positions])
+    ignored_before = (
+        ignored_sums[np.searchsorted(ignored_keys, thresholds * num_dets + positions)]
+        - ignored_sums[np.searchsorted(ignored_keys, thresholds * num_dets)]
+    )
+    seen = np.cumsum(det_weights, axis=0)[positions]
+    fp = (seen - tp - ignored_before).astype(float)
     tp = tp.astype(float)
     # The same float operations as COCOeval.accumulate, so that unit weights reproduce it bit for bit.
     point_precision = tp / (fp + tp + np.spacing(1))
     with np.errstate(divide="ignore", invalid="ignore"):
         recall = tp / num_gt
-    envelope = np.maximum.accumulate(point_precision[::-1], axis=0)[::-1]
-    envelope = np.vstack([envelope, np.zeros((1, num_rows))])  # past the last point: precision 0
+    envelope = np.empty_like(point_precision)
+    for t in range(num_thresholds):
+        segment = slice(bounds[t], bounds[t + 1])
+        envelope[segment] = np.maximum.accumulate(point_precision[segment][::-1], axis=0)[::-1]
 
-    # Recall grows along the points, so the first point reaching threshold r comes after every point
-    # that reaches at most r thresholds.
+    # Recall grows along a threshold's points, so the first point reaching recall threshold r comes
+    # after every point that reaches at most r of them.
     reached = np.searchsorted(recall_thresholds, recall, side="right")  # [P, B]
-    num_bins = len(recall_thresholds) + 1
-    histogram = np.bincount((reached + num_bins * np.arange(num_rows)).ravel(), minlength=num_bins * num_rows)
-    first = np.cumsum(histogram.reshape(num_rows, num_bins), axis=1)[:, :-1]  # [B, R]
-    return np.take_along_axis(envelope, first.T, axis=0).T
+    bins = (np.arange(num_rows) * num_thresholds + thresholds[:, None]) * num_bins + reached
+    histogram = np.bincount(bins.ravel(), minlength=num_rows * num_thresholds * num_bins)
+    first = np.cumsum(histogram.reshape(num_rows, num_thresholds, num_bins), axis=-1)[..., :-1]  # [B, T, R]
+    inside = first < np.diff(bounds)[:, None]
+    points = np.minimum(bounds[:-1, None] + first, len(positions) - 1)
+    return np.where(inside, envelope[points, np.arange(num_rows)[:, None, None]], 0.0)
+
+
+def _running_sums(values: np.ndarray) -> np.ndarray:
+    """``[len + 1, ...]``: the sums of the first 0, 1, ... rows of ``values``."""
+    sums = np.zeros((len(values) + 1, *values.shape[1:]), dtype=values.dtype)
+    np.cumsum(values, axis=0, out=sums[1:])
+    return sums
+
+
+def _categories_last(by_category: np.ndarray) -> np.ndarray:
+    """``[K, B, T, R]`` to a C-contiguous ``[B, T, R, K]``, transposed in blocks that stay in cache."""
+    flat = by_category.reshape(len(by_category), -1)
+    transposed = np.empty(flat.shape[::-1])
+    for start in range(0, flat.shape[1], 4096):
+        transposed[start : start + 4096] = flat[:, start : start + 4096].T
+    return transposed.reshape(*by_category.shape[1:], len(by_category))
 
 
 def _mean_precision(precision: np.ndarray, has_gt: np.ndarray) -> np.ndarray:
@@ -205,7 +220,11 @@ def _mean_precision(precision: np.ndarray, has_gt: np.ndarray) -> np.ndarray:
     Flattened in COCOeval's order (threshold, recall, category) so the floating-point sum is its own.
     """
     means = np.full(len(precision), np.nan)
-    for row, (values, valid) in enumerate(zip(precision, has_gt)):
+    patterns, which = np.unique(has_gt, axis=0, return_inverse=True)
+    for p, valid in enumerate(patterns):
+        rows = np.flatnonzero(which.ravel() == p)
         if valid.any():
-            means[row] = np.mean(values[..., valid].ravel())
+            selected = precision if len(rows) == len(precision) else precision[rows]
+            selected = selected if valid.all() else selected[..., valid]
+            means[rows] = selected.reshape(len(rows), -1).mean(axis=1)
     return means

@@ -19,6 +19,8 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FPN_LEVELS = 5
+SYNTHETIC_ROOT = "data/synthetic"  # the generate stage's output
+SYNTHETIC_SPLITS = {"train_split": "train", "val_split": "val", "test_split": "test"}
 SYNTHETIC_MAX_IMAGES = 10_000_000  # per split, so that synthetic image ids stay unique across splits
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # names that reach a shell command through dvc.yaml
 
@@ -46,10 +48,10 @@ class SyntheticParams:
 @dataclass(frozen=True)
 class DataParams:
     source: Literal["synthetic", "coco"] = "synthetic"
-    root: Optional[str] = None
-    train_split: str = "train2017"
-    val_split: str = "train2017"         # the train split itself: val is carved from it (val_images)
-    test_split: str = "val2017"
+    root: str = SYNTHETIC_ROOT           # synthetic: where the generate stage writes; coco: the COCO root
+    train_split: str = "train"
+    val_split: str = "val"               # COCO: train2017 carves val from the train split (val_images)
+    test_split: str = "test"             # COCO: val2017, the reported numbers
     val_images: int = 500                # images carved from train_split for val when val_split is train_split
     categories: Optional[list[str]] = None
     max_images: Optional[int] = None
@@ -373,11 +375,15 @@ def validate(params: Params, base_dir: Path = REPO_ROOT) -> None:
     """Raise :class:`ConfigError` on the first semantic error."""
     data = params.data
     if data.source == "coco":
-        if data.root is None:
-            raise ConfigError("data.root", "required when data.source is coco")
+        if Path(data.root) == Path(SYNTHETIC_ROOT):
+            raise ConfigError("data.root", f"{SYNTHETIC_ROOT} is the generated dataset; point it at a COCO root")
         root = Path(data.root) if Path(data.root).is_absolute() else base_dir / data.root
         if not root.is_dir():
             raise ConfigError("data.root", f"directory not found: {data.root}")
+    else:
+        if Path(data.root) != Path(SYNTHETIC_ROOT):
+            raise ConfigError("data.root", f"must be {SYNTHETIC_ROOT} (where the generate stage writes) "
+                                           f"with data.source synthetic, got {data.root}")
     for key in ("train_split", "val_split", "test_split"):
         if not getattr(data, key):
             raise ConfigError(f"data.{key}", "must not be empty")
@@ -385,6 +391,10 @@ def validate(params: Params, base_dir: Path = REPO_ROOT) -> None:
         if data.test_split == getattr(data, key):
             raise ConfigError("data.test_split", f"must differ from data.{key} ({data.test_split}): "
                                                  "the test split is held out from training and model selection")
+    if data.source == "synthetic":
+        for key, name in SYNTHETIC_SPLITS.items():
+            if getattr(data, key) != name:
+                raise ConfigError(f"data.{key}", f"must be {name} with data.source synthetic, got {getattr(data, key)}")
     _positive("data.val_images", data.val_images)
     if data.max_images is not None:
         _positive("data.max_images", data.max_images)

@@ -84,6 +84,8 @@ def tide_errors(
     with the types of :data:`ERROR_TYPES`. ``image_ids`` restricts the analysis (default: every image).
     """
     images = _images(_coco(gt), results, iou_type, image_ids)
+    if not images:
+        raise PipelineError("TIDE: no images to analyse (image_ids select none of the ground truth's images)")
     outcomes = [_classify(image) for image in images]
 
     det_classes = np.concatenate([image.det_classes for image in images])
@@ -94,9 +96,11 @@ def tide_errors(
     gt_classes = np.concatenate([image.gt_classes for image in images])
     gt_used = np.concatenate([o.used for o in outcomes])
 
-    fixes_gt = _best_fixers(error, target, det_scores, gt_used)
+    fixable = target >= 0
+    fixable[fixable] = ~gt_used[target[fixable]]  # Cls and Loc errors pointing to an unmatched ground truth
+    fixes_gt = _best_fixers(fixable, target, det_scores)
     pointed_to = np.zeros(len(gt_classes), dtype=bool)
-    pointed_to[target[(target >= 0) & ~gt_used[np.maximum(target, 0)]]] = True
+    pointed_to[target[fixable]] = True
     missed = ~gt_used & ~pointed_to
 
     classes = np.unique(np.concatenate([gt_classes, det_classes[~ignored]]))
@@ -314,15 +318,15 @@ def _classify(image: _Image) -> _Outcome:
     return _Outcome(tp=tp, ignored=ignored, error=error, target=target, used=used)
 
 
-def _best_fixers(error: np.ndarray, target: np.ndarray, scores: np.ndarray, gt_used: np.ndarray) -> np.ndarray:
+def _best_fixers(fixable: np.ndarray, target: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """``[N]`` bool: the Cls or Loc errors an oracle turns into true positives.
 
-    Of all the Cls and Loc errors pointing to one unmatched ground truth, the highest-scored (the
-    first on a tie, detections being in image and score order); one ground truth is fixed once.
+    Of the ``fixable`` errors pointing to one ground truth ``target``, the highest-scored (the first on a
+    tie, detections being in image and score order): a ground truth is fixed once.
     """
-    fixes = np.zeros(len(error), dtype=bool)
+    fixes = np.zeros(len(fixable), dtype=bool)
     best: dict[int, int] = {}
-    for d in np.flatnonzero((target >= 0) & ~gt_used[np.maximum(target, 0)]):
+    for d in np.flatnonzero(fixable):
         g = int(target[d])
         if g not in best or scores[d] > scores[best[g]]:
             best[g] = d

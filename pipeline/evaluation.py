@@ -120,17 +120,18 @@ def image_matches(evaluator: COCOeval) -> ImageMatches:
     image_ids = np.asarray(p.imgIds, dtype=np.int64)
     category_ids = np.asarray(p.catIds if p.useCats else [-1], dtype=np.int64)
     num_images, num_areas, num_thresholds = len(image_ids), len(p.areaRng), len(p.iouThrs)
-    entries = np.array(evaluator.evalImgs, dtype=object).reshape(len(category_ids), num_areas, num_images)
-
-    num_gt = np.zeros((num_areas, len(category_ids), num_images), dtype=np.int64)
-    for (k, a, i), entry in np.ndenumerate(entries):
+    # evalImgs is ordered category, area range, image.
+    num_gt = np.zeros(len(evaluator.evalImgs), dtype=np.int64)
+    for n, entry in enumerate(evaluator.evalImgs):
         if entry is not None:
-            num_gt[a, k, i] = np.count_nonzero(entry["gtIgnore"] == 0)
+            num_gt[n] = entry["gtIgnore"].size - np.count_nonzero(entry["gtIgnore"])
+    num_gt = np.ascontiguousarray(num_gt.reshape(len(category_ids), num_areas, num_images).transpose(1, 0, 2))
 
     area_all = p.areaRngLbl.index("all")
     categories, images, scores, matched, ignored = [], [], [], [], []
     for k in range(len(category_ids)):
-        evaluated = [(i, e) for i, e in enumerate(entries[k, area_all]) if e is not None]
+        first = (k * num_areas + area_all) * num_images
+        evaluated = [(i, e) for i, e in enumerate(evaluator.evalImgs[first : first + num_images]) if e is not None]
         if not evaluated:
             continue
         category_scores = np.concatenate([np.asarray(e["dtScores"], dtype=float) for _, e in evaluated])

@@ -59,7 +59,7 @@ def prepare(
     raw = {role: read[splits[role]] for role in ROLES}
     kept = select_categories(raw["train"]["categories"], categories)
     for role in SCORED_ROLES:
-        present = {c.get("id") for c in raw[role]["categories"] if isinstance(c, dict)}
+        present = {c["id"] for c in select_categories(raw[role]["categories"], None)}
         for category in kept:
             if category["id"] not in present:
                 raise PipelineError(f"{files[role]}: category {category['name']!r} (id {category['id']}) is missing")
@@ -110,7 +110,7 @@ def carve(dataset: dict[str, Any], count: int, seed: int, source: str) -> tuple[
     chosen = carved_ids(ids, count, seed)
 
     def part(records: list[Any], key: str, inside: bool) -> list[Any]:
-        return [r for r in records if (isinstance(r, dict) and r.get(key) in chosen) == inside]
+        return [r for r in records if (isinstance(r, dict) and type(r.get(key)) is int and r[key] in chosen) == inside]
 
     carved_part = {**dataset, "images": part(dataset["images"], "id", True),
                    "annotations": part(dataset["annotations"], "image_id", True)}

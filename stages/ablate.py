@@ -4,7 +4,6 @@ from pathlib import Path
 from pipeline.stage import Tracking, run_stage
 
 PREPARED = Path("data/prepared")
-CELLS = Path("reports/ablation/cells")
 
 
 def configure(parser):
@@ -15,7 +14,8 @@ def configure(parser):
 
 
 def derive(params, args):
-    from pipeline.ablation import cell_name, cell_params, group_key
+    from pipeline.ablation import cell_params
+    from pipeline.ablation_grid import cell_name, group_key
 
     cell = cell_params(params, args.pos_iou, args.neg_iou, args.scales, args.seed)
     name = cell_name(args.pos_iou, args.neg_iou, args.scales, args.seed)
@@ -28,10 +28,11 @@ def derive(params, args):
 
 def main(params, run, args):
     """Train and score one cell of the ablation grid."""
-    from pipeline.ablation import CellOutputs, cell_name, run_cell
+    from pipeline.ablation import run_cell
+    from pipeline.ablation_grid import CELLS_DIR, CellOutputs, cell_name
 
     name = cell_name(args.pos_iou, args.neg_iou, args.scales, args.seed)
-    run_cell(params, PREPARED, Path("models/ablation") / name, CellOutputs(CELLS / f"{name}.json"), run,
+    run_cell(params, PREPARED, Path("models/ablation") / name, CellOutputs(CELLS_DIR / f"{name}.json"), run,
              grid={"pos_iou": args.pos_iou, "neg_iou": args.neg_iou, "anchor_scales": args.scales})
 
 

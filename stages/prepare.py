@@ -9,29 +9,23 @@ SUMMARY = Path("reports/data/summary.json")
 
 
 def main(params, run, args):
-    """Clean real COCO (data.source: coco) or generate and clean the synthetic shapes dataset."""
+    """Clean the COCO-format data under data.root (real COCO, or the generated synthetic set) into three roles."""
     import os
 
     from pipeline.config import resolve_path
     from pipeline.data_summary import headline_metrics
     from pipeline.io import atomic_dir, atomic_write_json
     from pipeline.prepare import prepare
-    from pipeline.synthetic import generate
 
     data = params.data
     repository = Path.cwd().resolve()  # DVC runs every stage at the repository root
+    root = resolve_path(data.root, repository)
+    splits = {"train": data.train_split, "val": data.val_split, "test": data.test_split}
     with atomic_dir(PREPARED) as out_dir:
-        if data.source == "synthetic":
-            root = out_dir / "synthetic"
-            generate(root, data.synthetic, params.seed)
-            splits = {"train": "train", "val": "val", "test": "test"}
-        else:
-            root = resolve_path(data.root)
-            splits = {"train": data.train_split, "val": data.val_split, "test": data.test_split}
         summary = prepare(root, splits, out_dir, categories=data.categories, max_images=data.max_images,
                           keep_empty_train=data.keep_empty_train, strict=data.strict, val_images=data.val_images,
                           seed=params.seed, repository=repository)
-    root = (PREPARED / "synthetic" if data.source == "synthetic" else root).resolve()
+    root = root.resolve()
     recorded_root = os.path.relpath(root, repository) if root.is_relative_to(repository) else str(root)
     summary = {"source": data.source, "root": recorded_root, **summary}
 

@@ -2,7 +2,6 @@
 from pathlib import Path
 
 from pipeline.stage import Tracking, run_stage
-from stages.ablate import CELLS
 
 ANCHOR_STATS = Path("reports/anchors/anchor_stats.csv")
 OUT = Path("reports")
@@ -10,7 +9,7 @@ FIGURES = ("ablation_heatmap.png", "ablation/curves.png", "ablation/tide.png")
 
 
 def derive(params, args):
-    from pipeline.ablation import group_key
+    from pipeline.ablation_grid import group_key
 
     return params, Tracking(experiment=f"{params.mlflow.experiment}-ablation", parent=(group_key(params), "ablation"))
 
@@ -19,6 +18,7 @@ def main(params, run, args):
     """Every cell with its interval, paired difference to the baseline, convergence and error types."""
     import pandas as pd
 
+    from pipeline.ablation_grid import CELLS_DIR
     from pipeline.ablation_report import (ablation_heatmap, ablation_markdown, ablation_table, load_cells,
                                           tide_comparison_figure, validation_curves_figure)
     from pipeline.config import grid_cell_name
@@ -26,7 +26,7 @@ def main(params, run, args):
 
     abl = params.ablation
     baseline = abl.baseline or grid_cell_name(*abl.thresholds[0], abl.anchor_scales[0])
-    cells = load_cells(CELLS, abl)
+    cells = load_cells(CELLS_DIR, abl)
     anchor_stats = pd.read_csv(ANCHOR_STATS) if ANCHOR_STATS.is_file() else None
     table = ablation_table(cells, baseline, params.eval.bootstrap_resamples, params.seed, anchor_stats)
     atomic_write_text(OUT / "ablation.csv", table.to_csv(index=False, float_format="%.6g"))

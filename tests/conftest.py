@@ -29,9 +29,10 @@ PYTHON = sys.executable
 
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory) -> Path:
-    """A scratch copy of the project with tiny params whose prepare stage has run."""
+    """A scratch copy of the project with tiny params whose generate and prepare stages have run."""
     from tests.tiny import make_project, run_stage
 
     project = make_project(tmp_path_factory.mktemp("tiny") / "project")
+    run_stage(project, "generate")
     run_stage(project, "prepare")
     return project

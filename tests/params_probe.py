@@ -3,7 +3,10 @@
 Usage, from a project directory: ``python params_probe.py OUT.json stages.NAME [args...]``.
 A read is a leaf attribute access on the params dataclasses made by project code; reads made inside the
 modules of ``NOT_OUTPUT_SHAPING`` (parsing, validation, tracking, the stage runner) do not count, since they
-cannot change a stage's outputs.
+cannot change a stage's outputs. Only params that come from the params file count (``config.load`` and
+what ``config.replace`` derives from it, not the params a model file carries), and not a value the stage
+set itself with ``config.replace`` (an ablation cell's thresholds come from its grid point, not from
+``loss.pos_iou``).
 """
 import dataclasses
 import json
@@ -44,12 +47,48 @@ def main() -> None:
     def recording_getattribute(self, name):
         value = object.__getattribute__(self, name)
         cls = type(self)
-        if name in cls.__dataclass_fields__ and not dataclasses.is_dataclass(value):
+        if (id(self) in tracked and name in cls.__dataclass_fields__ and not dataclasses.is_dataclass(value)
+                and name not in overridden.get(id(self), ())):
             filename = reader(sys._getframe(1))
             if filename and Path(filename).name not in NOT_OUTPUT_SHAPING:
                 reads.add(prefixes[cls] + name)
         return value
 
+    overridden: dict[int, set[str]] = {}
+    tracked: set[int] = set()
+    alive: list = []  # keeps tracked params alive, so their ids stay theirs
+    original_load, original_replace = config.load, config.replace
+
+    def track(params) -> None:
+        alive.append(params)
+        tracked.add(id(params))
+        for f in dataclasses.fields(params):
+            value = object.__getattribute__(params, f.name)
+            if dataclasses.is_dataclass(value):
+                track(value)
+
+    def tracking_load(*args, **kwargs):
+        params = original_load(*args, **kwargs)
+        track(params)
+        return params
+
+    def tracking_replace(params, **dotted):
+        new = original_replace(params, **dotted)
+        if id(params) not in tracked:
+            return new
+        track(new)
+        for key in dotted:
+            *path, leaf = key.split(".")
+            node = new
+            for part in path:
+                node = object.__getattribute__(node, part)
+            overridden.setdefault(id(node), set()).add(leaf)
+        return new
+
+    config.load, config.replace = tracking_load, tracking_replace
+    from pipeline import stage  # it imported load by name
+
+    stage.load = tracking_load
     for cls in prefixes:
         cls.__getattribute__ = recording_getattribute
     sys.argv = [module, *argv]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.bootstrap import bootstrap_ap, paired_bootstrap_difference, resample_counts, weighted_ap
-from pipeline.evaluation import coco_evaluate, load_image_matches, save_image_matches
+from pipeline.evaluation import coco_evaluate, load_coco, load_image_matches, save_image_matches
 from tests.detection_cases import coco_index, dataset, random_case, results
 
 
@@ -179,3 +179,18 @@ def test_image_matches_round_trip(tmp_path):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(matches, name))
         assert getattr(loaded, name).dtype == getattr(matches, name).dtype
     assert bootstrap_ap(loaded) == bootstrap_ap(matches)
+
+
+def test_unit_weights_reproduce_cocoeval_on_coco_tiny(coco_tiny):
+    """Real annotations: 80 categories, crowd regions, many images per category."""
+    gt = load_coco(coco_tiny / "annotations" / "instances_val2017.json")
+    rng = np.random.default_rng(0)
+    records = []
+    for ann in gt.dataset["annotations"]:
+        x, y, w, h = ann["bbox"]
+        for _ in range(2):
+            dx, dy = rng.normal(0, 0.15, 2) * [w, h]
+            records.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": [x + dx, y + dy, w, h], "score": round(rng.random(), 2)})
+    evaluation = coco_evaluate(gt, records, "bbox")
+    ap = weighted_ap(evaluation.matches, unit_weights(evaluation.matches))
+    assert (ap["AP"][0], ap["AP50"][0]) == (evaluation.stats[0], evaluation.stats[1])

@@ -40,9 +40,9 @@ def test_flatten_gives_dotted_keys():
     assert "model.backbone.depth" in flat and "ablation.train.iterations" in flat
 
 
-def test_yolact_coco_preset_is_valid():
+def test_yolact_coco_preset_is_valid(tmp_path):
     params = config.load(REPO / "configs" / "yolact550_r50_coco.yaml",
-                         ["data.source=synthetic", "model.backbone.pretrained=null"])
+                         [f"data.root={tmp_path}", "model.backbone.pretrained=null"])
     assert params.input.size == 550 and params.model.backbone.depth == 50
     assert params.train.iterations == 800_000 and params.train.lr_steps == [280_000, 600_000, 700_000, 750_000]
     # COCO's convention: val carved from train2017, the official val2017 as the test split.
@@ -72,7 +72,7 @@ INVALID = [
     ("train.lr", 0, "train.lr", "must be positive"),
     ("train.batch_size", -2, "train.batch_size", "must be positive"),
     ("train.iterations", 0, "train.iterations", "must be positive"),
-    ("data.source", "coco", "data.root", "required when data.source is coco"),
+    ("data.source", "coco", "data.root", "is the generated dataset; point it at a COCO root"),
     ("data.root", "/nonexistent/coco", "data.root", "directory not found"),
     ("model.backbone.depth", 42, "model.backbone.depth", "must be one of 18, 34, 50, 101, 152"),
     ("ablation.anchor_scales", ["base$(touch pwned)"], "ablation.anchor_scales[0]", "must be a plain identifier"),
@@ -119,7 +119,7 @@ def test_optimizer_and_schedule_params_are_checked(train, fragment):
 
 
 @pytest.mark.parametrize("data, key, fragment", [
-    ({"test_split": "train2017"}, "data.test_split", "must differ from data.train_split"),
+    ({"test_split": "train"}, "data.test_split", "must differ from data.train_split"),
     ({"val_split": "val2017", "test_split": "val2017"}, "data.test_split", "must differ from data.val_split"),
     ({"val_images": 0}, "data.val_images", "must be positive"),
     ({"synthetic": {"test_images": 0}}, "data.synthetic.test_images", "must be positive"),
@@ -131,11 +131,23 @@ def test_roles_are_checked(data, key, fragment):
     assert err.value.key == key
 
 
-def test_role_defaults_follow_cocos_convention():
+def test_role_defaults_are_the_generated_splits_and_the_coco_preset_follows_cocos_convention():
     data = config.DataParams()
-    assert (data.train_split, data.val_split, data.test_split) == ("train2017", "train2017", "val2017")
+    assert (data.root, data.train_split, data.val_split, data.test_split) == ("data/synthetic", "train", "val", "test")
     assert data.val_images == 500 and data.synthetic.test_images == 500
-    config.validate(config.from_dict({"data": {"val_split": "val2017", "test_split": "test2017"}}))
+    coco = yaml.safe_load((REPO / "configs" / "yolact550_r50_coco.yaml").read_text())["data"]
+    assert (coco["train_split"], coco["val_split"], coco["test_split"]) == ("train2017", "train2017", "val2017")
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"root": "elsewhere"}, "data.root"),
+    ({"train_split": "train2017"}, "data.train_split"),
+    ({"test_split": "val2017"}, "data.test_split"),
+])
+def test_synthetic_data_lives_where_the_generate_stage_writes_it(data, key):
+    with pytest.raises(config.ConfigError) as err:
+        config.validate(config.from_dict({"data": data}))
+    assert err.value.key == key
 
 
 @pytest.mark.parametrize("ablation, key", [

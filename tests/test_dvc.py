@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from tests.conftest import PYTHON, stage_env
@@ -35,18 +36,21 @@ def repro(tmp_path_factory):
 def test_dvc_repro_runs_every_stage_and_writes_the_reports(repro):
     project, output = repro
     assert sorted(ran_stages(output)) == sorted([
-        "prepare", "train", "evaluate", "anchors", "ablate@thresholds0-base", "ablate@thresholds1-base", "report",
+        "generate", "prepare", "train", "evaluate", "anchors", "ablate@thresholds0-base-0", "ablate@thresholds1-base-0",
+        "report",
     ])
     metrics = json.loads((project / "reports/metrics.json").read_text())
     for iou_type in ("bbox", "segm"):
         assert set(metrics[iou_type]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
         assert all(-1 <= v <= 1 for v in metrics[iou_type].values())
     table = pd.read_csv(project / "reports/ablation.csv")
-    assert {"pos_iou", "neg_iou", "anchor_scales", "bbox_AP", "segm_AP", "mlflow_run_id"} <= set(table.columns)
+    assert {"pos_iou", "neg_iou", "anchor_scales", "bbox_AP", "segm_AP", "mlflow_run_id", "bbox_AP_lo", "bbox_AP_hi",
+            "segm_AP_lo", "segm_AP_hi", "significant", "converged", "d_segm_AP"} <= set(table.columns)
     assert len(table) == 2
     for path in ("reports/ablation.md", "reports/ablation_heatmap.png", "reports/anchors/anchor_stats.csv",
-                 "reports/eval/examples.png", "reports/eval/per_class_ap.csv", "reports/eval/pr_curves.csv",
-                 "reports/train/log.csv", "reports/data/summary.json", "reports/data/box_sizes.png"):
+                 "reports/eval/examples.png", "reports/eval/per_class_ap.csv", "reports/eval/pr/segm_iou50.csv",
+                 "reports/eval/tide.png", "reports/eval_results/segm.json.gz", "reports/train/log.csv",
+                 "reports/train/curves.png", "reports/data/summary.json", "reports/anchors/box_sizes.png"):
         assert (project / path).is_file(), path
     assert ran_stages(dvc(project, "repro")) == []  # everything cached
 
@@ -57,7 +61,7 @@ def test_changing_one_grid_value_reruns_exactly_one_ablation_cell(repro):
     params["ablation"]["thresholds"][1] = [0.7, 0.5]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran = ran_stages(dvc(project, "repro"))
-    assert [s for s in ran if s.startswith("ablate@")] == ["ablate@thresholds1-base"]
+    assert [s for s in ran if s.startswith("ablate@")] == ["ablate@thresholds1-base-0"]
     assert not {"prepare", "train", "evaluate"} & set(ran)
     table = pd.read_csv(project / "reports/ablation.csv")
     assert sorted(table["pos_iou"]) == [0.5, 0.7]
@@ -67,8 +71,12 @@ def test_exp_run_reruns_only_what_depends_on_the_param(repro):
     project, _ = repro
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     subprocess.run(["git", "commit", "-qm", "after repro"], cwd=project, check=True)
+    before = pd.read_csv(project / "reports/ablation.csv")
     ran = ran_stages(dvc(project, "exp", "run", "-n", "pos06", "-S", "loss.pos_iou=0.6"))
-    assert set(ran) == {"train", "evaluate", "report"}
+    assert set(ran) == {"train", "evaluate"}  # the ablation's baseline is a named cell, not loss.*
+    after = pd.read_csv(project / "reports/ablation.csv")
+    pd.testing.assert_frame_equal(before, after)
+    assert after["d_segm_AP"].notna().all()
     shown = json.loads(dvc(project, "exp", "show", "--json"))
     experiments = [exp for commit in shown for exp in (commit.get("experiments") or [])]
     (exp,) = [e for e in experiments if e.get("name") == "pos06"]
@@ -76,3 +84,27 @@ def test_exp_run_reruns_only_what_depends_on_the_param(repro):
     assert data["params"]["params.yaml"]["data"]["loss"]["pos_iou"] == 0.6
     metrics = data["metrics"]["reports/metrics.json"]["data"]
     assert set(metrics["segm"]) >= {"AP", "AP50"}
+
+
+def test_a_code_change_retrains_from_scratch(repro):
+    """Changed loss code never resumes the weights the old code trained (issue: stale checkpoints)."""
+    project, _ = repro
+    before = torch.load(project / "models/model.pt", map_location="cpu", weights_only=True)
+    loss_py = project / "pipeline/loss.py"
+    source = loss_py.read_text()
+    marker = "def yolact_loss("
+    assert marker in source
+    # a real change of behaviour: the total loss counts the box term twice
+    loss_py.write_text(source + "\n\n_original_yolact_loss = yolact_loss\n\n\n"
+                       "def yolact_loss(*args, **kwargs):\n"
+                       "    losses = _original_yolact_loss(*args, **kwargs)\n"
+                       "    losses['total'] = losses['total'] + losses['box']\n"
+                       "    return losses\n")
+    output = dvc(project, "repro", "train")
+    assert "train" in ran_stages(output)
+    assert "resuming from" not in output
+    after = torch.load(project / "models/model.pt", map_location="cpu", weights_only=True)
+    assert after["provenance"]["code"] != before["provenance"]["code"]
+    assert any(not torch.equal(before["state_dict"][k], after["state_dict"][k]) for k in before["state_dict"])
+    assert not list((project / "models/checkpoints").glob("*.pt"))  # a finished run leaves no checkpoint
+    loss_py.write_text(source)

@@ -165,6 +165,21 @@ def test_ground_truth_records_are_untouched_and_unloadable_ones_counted(root, tm
     load_coco(ground_truth_path(tmp_path / "out", "test"))  # pycocotools loads it
 
 
+def test_malformed_records_crash_neither_cleaning_nor_ground_truth(root, tmp_path):
+    path = root / "annotations" / "instances_test.json"
+    dataset = json.loads(path.read_text())
+    dataset["images"] += ["junk", {"id": [9], "file_name": "c.jpg", "width": 64, "height": 48}]
+    dataset["annotations"] += [5, {"id": 99, "image_id": [7], "category_id": 1, "bbox": [1, 1, 5, 5]},
+                               {"id": 98, "image_id": 7, "category_id": {"x": 1}, "bbox": [1, 1, 5, 5]}]
+    path.write_text(json.dumps(dataset))
+    summary = run_prepare(root, tmp_path / "out")
+    test = summary["roles"]["test"]
+    assert test["dropped_by_reason"] == {"images": {"malformed": 2},
+                                         "annotations": {"degenerate_box": 1, "invalid_segmentation": 1, "malformed": 3}}
+    official = json.loads(ground_truth_path(tmp_path / "out", "test").read_text())
+    assert {a["id"] for a in official["annotations"]} == {1, 2, 4, 5}
+
+
 def test_ground_truth_follows_the_category_filter(root, tmp_path):
     run_prepare(root, tmp_path / "out", categories=["dog"])
     official = json.loads(ground_truth_path(tmp_path / "out", "test").read_text())
@@ -254,32 +269,35 @@ def write_params(tmp_path: Path, data: dict) -> Path:
     return path
 
 
-def run_stage(tmp_path: Path, params: Path) -> subprocess.CompletedProcess:
+def run_stage(tmp_path: Path, params: Path, stage: str = "prepare") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [PYTHON, "-m", "stages.prepare", "--params", str(params)],
+        [PYTHON, "-m", f"stages.{stage}", "--params", str(params)],
         cwd=tmp_path, env=stage_env(), capture_output=True, text=True, timeout=300,
     )
 
 
 def test_stage_writes_three_roles_and_a_summary_without_absolute_paths(tmp_path):
     synthetic = {"train_images": 6, "val_images": 3, "test_images": 4, "width": 96, "height": 80, "crowd_prob": 0.5}
-    result = run_stage(tmp_path, write_params(tmp_path, {"source": "synthetic", "synthetic": synthetic}))
+    params = write_params(tmp_path, {"source": "synthetic", "synthetic": synthetic})
+    generated = run_stage(tmp_path, params, "generate")
+    assert generated.returncode == 0, generated.stderr
+    result = run_stage(tmp_path, params)
     assert result.returncode == 0, result.stderr
 
     prepared = tmp_path / "data" / "prepared"
     image_dirs = json.loads((prepared / "image_dirs.json").read_text())
-    assert image_dirs == {"train": "synthetic/train", "val": "synthetic/val", "test": "synthetic/test"}
+    assert image_dirs == {"train": "../synthetic/train", "val": "../synthetic/val", "test": "../synthetic/test"}
     assert len(json.loads((prepared / "labels.json").read_text())) >= 5
     summary_text = (tmp_path / "reports" / "data" / "summary.json").read_text()
     assert str(tmp_path) not in summary_text
     summary = json.loads(summary_text)
-    assert summary["source"] == "synthetic" and summary["root"] == "data/prepared/synthetic"
+    assert summary["source"] == "synthetic" and summary["root"] == "data/synthetic"
     ids = {}
     for role, n in (("train", 6), ("val", 3), ("test", 4)):
         assert summary["roles"][role]["images"] == n
         ids[role] = {image["id"] for image in json.loads(annotations_path(prepared, role).read_text())["images"]}
         assert len(ids[role]) == n
-        assert len(list((prepared / "synthetic" / role).glob("*.png"))) == n
+        assert len(list((tmp_path / "data" / "synthetic" / role).glob("*.png"))) == n
     assert not (ids["train"] & ids["val"] or ids["train"] & ids["test"] or ids["val"] & ids["test"])
     for role in ("val", "test"):
         assert {i["id"] for i in json.loads(ground_truth_path(prepared, role).read_text())["images"]} == ids[role]

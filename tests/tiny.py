@@ -16,11 +16,11 @@ TINY = {
     "model": {"backbone": {"base_channels": 8}, "fpn": {"out_channels": 16}, "head": {"num_prototypes": 4}},
     "anchors": {"scales": [[8], [16], [24], [40], [64]]},
     "train": {"batch_size": 4, "iterations": 12, "warmup_iterations": 2,
-              "checkpoint_every": 4, "log_every": 1},
+              "checkpoint_every": 4, "log_every": 1, "eval_every": 6},
     "eval": {"batch_size": 8, "num_visualize": 2},
     "ablation": {"thresholds": [[0.5, 0.4], [0.6, 0.5]], "anchor_scales": ["base"],
                  "scale_sets": {"base": [[8], [16], [24], [40], [64]]},
-                 "train": {"iterations": 4, "warmup_iterations": 1}},
+                 "train": {"iterations": 4, "warmup_iterations": 1, "eval_every": 2}},
 }
 
 
