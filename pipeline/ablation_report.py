@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .ablation_grid import CellOutputs, cell_name
-from .bootstrap import _percentile_interval, resample_counts, weighted_ap
+from .bootstrap import percentile_interval, resample_counts, weighted_ap
 from .config import AblationParams, grid_cell_name
 from .error_analysis import ERROR_TYPES
 from .evaluation import IOU_TYPES, ImageMatches, load_image_matches
@@ -79,9 +79,9 @@ def ablation_table(cells: Sequence[Cell], baseline: str, resamples: int, seed: i
                                "iterations": first["iterations"], "test_images": num_images}
         for t in IOU_TYPES:
             estimate = float(per_seed[cell.name, t].mean())
-            lo, hi = _percentile_interval(resampled[cell.name, t], CONFIDENCE)
+            lo, hi = percentile_interval(resampled[cell.name, t], CONFIDENCE)
             spread = float(per_seed[cell.name, t].std(ddof=1)) if len(cell.rows) > 1 else float("nan")
-            d_lo, d_hi = _percentile_interval(resampled[cell.name, t] - resampled[baseline, t], CONFIDENCE)
+            d_lo, d_hi = percentile_interval(resampled[cell.name, t] - resampled[baseline, t], CONFIDENCE)
             row.update({f"{t}_AP": estimate, f"{t}_AP_lo": lo, f"{t}_AP_hi": hi, f"{t}_AP_seed_std": spread,
                         f"d_{t}_AP": estimate - float(per_seed[baseline, t].mean()),
                         f"d_{t}_AP_lo": d_lo, f"d_{t}_AP_hi": d_hi,

@@ -78,7 +78,7 @@ def bootstrap_ap(
     full = weighted_ap(matches, np.ones((1, len(matches.image_ids)), dtype=np.int64))
     resampled = weighted_ap(matches, counts)
     return {
-        name: Interval(float(full[name][0]), *_percentile_interval(resampled[name], confidence)) for name in AP_IOU
+        name: Interval(float(full[name][0]), *percentile_interval(resampled[name], confidence)) for name in AP_IOU
     }
 
 
@@ -103,7 +103,7 @@ def paired_bootstrap_difference(
     resampled_a, resampled_b = weighted_ap(a, counts), weighted_ap(b, counts)
     differences = {}
     for name in AP_IOU:
-        lo, hi = _percentile_interval(resampled_a[name] - resampled_b[name], confidence)
+        lo, hi = percentile_interval(resampled_a[name] - resampled_b[name], confidence)
         estimate = float(full_a[name][0] - full_b[name][0])
         differences[name] = Difference(estimate, lo, hi, significant=bool(lo > 0 or hi < 0))
     return differences
@@ -121,7 +121,7 @@ def _threshold_index(iou_thresholds: np.ndarray, iou: float | None) -> slice:
     return slice(t, t + 1)
 
 
-def _percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     """The central ``confidence`` percentile interval of ``values``, leaving out undefined (NaN) resamples."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")

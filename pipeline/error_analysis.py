@@ -110,7 +110,9 @@ def tide_errors(
         if code == _MISS:
             fixed_ap = _mean_ap(classes, det_classes[~ignored], det_scores[~ignored], tp[~ignored], gt_classes[~missed])
         else:
-            keep, fixed_classes, fixed_tp = _fixed_detections(code, error, target, ignored, tp, fixes_gt, det_classes, gt_classes)
+            keep, fixed_classes, fixed_tp = _fixed_detections(
+                code, error, target, ignored, tp, fixes_gt, det_classes, gt_classes
+            )
             fixed_ap = _mean_ap(classes, fixed_classes[keep], det_scores[keep], fixed_tp[keep], gt_classes)
         dap[name] = max(fixed_ap - base, 0.0)
     counts = {name: int(np.count_nonzero(error == code)) for code, name in enumerate(ERROR_TYPES)}

@@ -299,7 +299,10 @@ def size_metrics(evaluation: CocoEvaluation) -> dict[str, Optional[float] | int]
         raise ValueError("size_metrics needs an evaluation with its per-image matches (from coco_evaluate)")
     area_names = evaluation.matches.area_names
     num_gt = {area: int(evaluation.matches.num_gt[area_names.index(area)].sum()) for area in SIZE_STATS.values()}
-    aps = {stat: float(evaluation.stats[STAT_NAMES.index(stat)]) if num_gt[area] else None for stat, area in SIZE_STATS.items()}
+    aps = {
+        stat: float(evaluation.stats[STAT_NAMES.index(stat)]) if num_gt[area] else None
+        for stat, area in SIZE_STATS.items()
+    }
     return {**aps, **{f"num_gt_{area}": count for area, count in num_gt.items()}}
 
 

@@ -3,7 +3,7 @@
 Usage, from a project directory: ``python params_probe.py OUT.json stages.NAME [args...]``.
 A read is a leaf attribute access on the params dataclasses made by project code; reads made inside the
 modules of ``NOT_OUTPUT_SHAPING`` (parsing, validation, tracking, the stage runner) do not count, since they
-cannot change a stage's outputs. Only params that come from the params file count (``config.load`` and
+cannot change a stage's outputs, nor do reads of the ``mlflow`` section (where runs are logged). Only params that come from the params file count (``config.load`` and
 what ``config.replace`` derives from it, not the params a model file carries), and not a value the stage
 set itself with ``config.replace`` (an ablation cell's thresholds come from its grid point, not from
 ``loss.pos_iou``).
@@ -16,6 +16,7 @@ import typing
 from pathlib import Path
 
 NOT_OUTPUT_SHAPING = {"config.py", "tracking.py", "stage.py", "provenance.py"}
+TRACKING_SECTION = "mlflow."  # where runs are logged, never what a stage computes
 
 
 def main() -> None:
@@ -50,8 +51,9 @@ def main() -> None:
         if (id(self) in tracked and name in cls.__dataclass_fields__ and not dataclasses.is_dataclass(value)
                 and name not in overridden.get(id(self), ())):
             filename = reader(sys._getframe(1))
-            if filename and Path(filename).name not in NOT_OUTPUT_SHAPING:
-                reads.add(prefixes[cls] + name)
+            key = prefixes[cls] + name
+            if filename and Path(filename).name not in NOT_OUTPUT_SHAPING and not key.startswith(TRACKING_SECTION):
+                reads.add(key)
         return value
 
     overridden: dict[int, set[str]] = {}

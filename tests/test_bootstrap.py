@@ -190,7 +190,8 @@ def test_unit_weights_reproduce_cocoeval_on_coco_tiny(coco_tiny):
         x, y, w, h = ann["bbox"]
         for _ in range(2):
             dx, dy = rng.normal(0, 0.15, 2) * [w, h]
-            records.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": [x + dx, y + dy, w, h], "score": round(rng.random(), 2)})
+            box = [x + dx, y + dy, w, h]
+            records.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": box, "score": round(rng.random(), 2)})
     evaluation = coco_evaluate(gt, records, "bbox")
     ap = weighted_ap(evaluation.matches, unit_weights(evaluation.matches))
     assert (ap["AP"][0], ap["AP50"][0]) == (evaluation.stats[0], evaluation.stats[1])

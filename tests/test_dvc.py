@@ -42,7 +42,10 @@ def test_dvc_repro_runs_every_stage_and_writes_the_reports(repro):
     metrics = json.loads((project / "reports/metrics.json").read_text())
     for iou_type in ("bbox", "segm"):
         assert set(metrics[iou_type]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
-        assert all(-1 <= v <= 1 for v in metrics[iou_type].values())
+        assert all(v is None or 0 <= v <= 1 for v in metrics[iou_type].values())  # null: no GT of that size
+        lo, hi = metrics["intervals"][iou_type]["AP"]
+        assert lo <= hi
+    assert metrics["split"] == "test" and metrics["num_images"] == 8
     table = pd.read_csv(project / "reports/ablation.csv")
     assert {"pos_iou", "neg_iou", "anchor_scales", "bbox_AP", "segm_AP", "mlflow_run_id", "bbox_AP_lo", "bbox_AP_hi",
             "segm_AP_lo", "segm_AP_hi", "significant", "converged", "d_segm_AP"} <= set(table.columns)

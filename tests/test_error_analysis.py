@@ -62,6 +62,21 @@ def test_a_background_detection(iou_type):
     assert breakdown["dAP"]["Bkg"] == pytest.approx(0.25)
 
 
+def test_a_class_detected_but_absent_scores_zero():
+    """Unlike COCOeval, which leaves out classes without ground truth, as tidecv does."""
+    breakdown = tide({1: [(CAT, A)]}, [(1, CAT, 0.9, A), (1, DOG, 0.8, FAR_AWAY)], "bbox")
+    assert breakdown["counts"] == only(Bkg=1)
+    assert breakdown["AP50"] == pytest.approx(0.5)
+    assert breakdown["dAP"]["Bkg"] == pytest.approx(0.5)
+
+
+def test_iou_of_exactly_one_half_matches_and_also_bounds_loc(iou_type):
+    half_of_a = (10, 10, 40, 20)  # IoU 800 / 1600 with A
+    breakdown = tide({1: [(CAT, A)]}, [(1, CAT, 0.9, half_of_a), (1, CAT, 0.8, (10, 30, 40, 20))], iou_type)
+    assert breakdown["counts"] == only(Loc=1)  # not Dupe: tidecv's Loc range [0.1, 0.5] includes 0.5
+    assert breakdown["AP50"] == 1.0
+
+
 def test_a_poorly_localised_detection(iou_type):
     breakdown = tide({1: [(CAT, A), (DOG, B)]}, [(1, CAT, 0.9, HALF_OFF_A), (1, DOG, 0.8, B)], iou_type)
     assert breakdown["counts"] == only(Loc=1)
@@ -70,11 +85,18 @@ def test_a_poorly_localised_detection(iou_type):
 
 
 def test_only_the_best_of_several_errors_on_one_object_is_fixed(iou_type):
-    detections = [(1, CAT, 0.9, HALF_OFF_A), (1, DOG, 0.85, A), (1, CAT, 0.7, (25, 10, 40, 40)), (1, DOG, 0.6, B)]
+    detections = [
+        (1, CAT, 0.9, HALF_OFF_A),
+        (1, DOG, 0.85, A),
+        (1, CAT, 0.8, FAR_AWAY),
+        (1, CAT, 0.7, (25, 10, 40, 40)),
+        (1, DOG, 0.6, B),
+    ]
     breakdown = tide({1: [(CAT, A), (DOG, B)]}, detections, iou_type)
-    assert breakdown["counts"] == only(Loc=2, Cls=1)
-    # Fixing Loc makes the 0.9 box the cat's true positive and drops the 0.7 one; the dog keeps its
-    # false positive (the misclassified cat) ranked first. Fixing Cls cannot: the 0.9 Loc error outranks it.
+    assert breakdown["counts"] == only(Loc=2, Cls=1, Bkg=1)
+    # Fixing Loc makes the 0.9 box the cat's true positive, ahead of the background box, and drops the
+    # 0.7 one; the dog keeps its false positive (the misclassified cat) ranked first. Fixing Cls cannot:
+    # the 0.9 Loc error outranks it.
     assert breakdown["AP50"] + breakdown["dAP"]["Loc"] == pytest.approx((1.0 + 0.5) / 2)
     assert breakdown["AP50"] + breakdown["dAP"]["Cls"] == pytest.approx((0.0 + 1.0) / 2)
 
@@ -95,15 +117,22 @@ def test_wrong_class_and_poorly_localised_is_both(iou_type):
 
 
 def test_crowd_regions_hide_detections_of_their_class_only(iou_type):
-    objects = {1: [(CAT, A), (DOG, B), (CAT, CROWD_OF_CATS, "crowd")]}
+    objects = {1: [(CAT, A), (DOG, B), (DOG, (20, 70, 30, 30)), (CAT, CROWD_OF_CATS, "crowd")]}
     inside_crowd = (110, 5, 20, 20)
     hidden = tide(objects, [(1, CAT, 0.95, inside_crowd), (1, CAT, 0.9, A), (1, DOG, 0.8, B)], iou_type)
-    assert hidden["AP50"] == 1.0
-    assert hidden["counts"] == only(Bkg=1)  # still typed, as tidecv does, but not scored
+    dog_ap = 51 / 101  # one of two dogs found
+    assert hidden["AP50"] == pytest.approx((1.0 + dog_ap) / 2)
+    assert hidden["counts"] == only(Bkg=1, Miss=1)  # the hidden detection is still typed, as tidecv does
     assert hidden["dAP"]["Bkg"] == 0.0
+    assert hidden["AP50"] + hidden["dAP"]["Miss"] == pytest.approx(1.0)  # nor scored once the miss is fixed
+    mislocated_dog = (1, DOG, 0.85, (35, 70, 30, 30))  # IoU 1/3 with the dog that was missed
+    fixable = tide(objects, [(1, CAT, 0.95, inside_crowd), (1, CAT, 0.9, A), mislocated_dog, (1, DOG, 0.8, B)], iou_type)
+    assert fixable["counts"] == only(Bkg=1, Loc=1)
+    assert fixable["AP50"] + fixable["dAP"]["Loc"] == pytest.approx(1.0)  # nor once the Loc error is fixed
     dog_in_crowd = tide(objects, [(1, DOG, 0.95, inside_crowd), (1, CAT, 0.9, A), (1, DOG, 0.8, B)], iou_type)
-    assert dog_in_crowd["AP50"] == pytest.approx(0.75)
-    assert dog_in_crowd["dAP"]["Bkg"] == pytest.approx(0.25)
+    dog_ap_behind_a_false_positive = 51 / 101 / 2
+    assert dog_in_crowd["AP50"] == pytest.approx((1.0 + dog_ap_behind_a_false_positive) / 2)
+    assert dog_in_crowd["AP50"] + dog_in_crowd["dAP"]["Bkg"] == pytest.approx(hidden["AP50"])
 
 
 def test_at_most_100_detections_per_image():
@@ -195,7 +224,9 @@ def test_size_metrics_count_ground_truth_and_null_empty_sizes():
     evaluation = coco_evaluate(coco_index(dataset(objects)), results(detections, "bbox"), "bbox")
     metrics = size_metrics(evaluation)
     # COCOeval counts an area of exactly 32^2 as small and as medium; the crowd region not at all.
-    assert metrics == {"APs": pytest.approx(0.5), "APm": 0.0, "APl": pytest.approx(1.0), "num_gt_small": 3, "num_gt_medium": 1, "num_gt_large": 1}
+    assert metrics == {
+        "APs": pytest.approx(0.5), "APm": 0.0, "APl": pytest.approx(1.0), "num_gt_small": 3, "num_gt_medium": 1, "num_gt_large": 1
+    }
 
     without_large = {1: [(CAT, small)], 2: [(DOG, boundary)]}
     evaluation = coco_evaluate(coco_index(dataset(without_large)), results([(1, CAT, 0.9, small)], "bbox"), "bbox")
@@ -210,9 +241,12 @@ def test_coco_tiny_ground_truth_as_detections_is_perfect(coco_tiny):
     gt = coco_index(json.loads((coco_tiny / "annotations" / "instances_val2017.json").read_text()))
     plain = [a for a in gt.dataset["annotations"] if not a["iscrowd"]]
     assert len(plain) < len(gt.dataset["annotations"])
+    def record(ann, **region):
+        return {"image_id": ann["image_id"], "category_id": ann["category_id"], "score": 1.0, **region}
+
     records = {
-        "bbox": [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0} for a in plain],
-        "segm": [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": gt.annToRLE(a), "score": 1.0} for a in plain],
+        "bbox": [record(a, bbox=a["bbox"]) for a in plain],
+        "segm": [record(a, segmentation=gt.annToRLE(a)) for a in plain],
     }
     for iou_type, recs in records.items():
         breakdown = tide_errors(gt, recs, iou_type)
