@@ -111,3 +111,46 @@ def test_a_code_change_retrains_from_scratch(repro):
     assert any(not torch.equal(before["state_dict"][k], after["state_dict"][k]) for k in before["state_dict"])
     assert not list((project / "models/checkpoints").glob("*.pt"))  # a finished run leaves no checkpoint
     loss_py.write_text(source)
+
+
+def _records(node):
+    """Every dict in a nested JSON value."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _records(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _records(value)
+
+
+def test_the_precision_recall_plot_has_its_fields(repro):
+    project, _ = repro
+    shown = json.loads(dvc(project, "plots", "show", "--json"))
+    (plot_id,) = [key for key in shown if key.startswith("Precision-recall")]
+    points = [r for r in _records(shown[plot_id]) if "recall" in r and "precision" in r]
+    assert points, f"no data point with recall and precision in {plot_id}"
+    assert all(0 <= float(p["recall"]) <= 1 for p in points)
+
+
+def test_runs_from_a_clean_checkout_are_clean_and_carry_dvc_hashes(repro):
+    from mlflow.tracking import MlflowClient
+
+    project, _ = repro
+    client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
+    experiment = client.get_experiment_by_name("yolact")
+    train_runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("dvc_stage") == "train"]
+    train_run = min(train_runs, key=lambda r: r.info.start_time)  # the first `dvc repro`, on the committed tree
+    tags = train_run.data.tags
+    assert tags["git_dirty"] == "false"  # DVC rewrote reports/ and dvc.lock: not a change of the sources
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["train"]
+    locked = {dep["path"]: dep.get("md5") for dep in lock["deps"]}
+    assert tags["dvc_dep.pipeline/train.py"] == locked["pipeline/train.py"]
+    assert tags["dvc_dep.data/prepared"] == locked["data/prepared"]
+    ablation = client.get_experiment_by_name("yolact-ablation")
+    runs = client.search_runs([ablation.experiment_id])
+    parents = {r.data.tags.get("mlflow.parentRunId") for r in runs if r.data.tags.get("dvc_stage") == "ablate"}
+    assert len(parents) == 1 and None not in parents  # every cell nested under one ablation run
+    cells = pd.read_csv(project / "reports/ablation.csv")
+    run_ids = {r.info.run_id for r in runs}
+    assert set(" ".join(cells["mlflow_run_id"]).split()) <= run_ids
