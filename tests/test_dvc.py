@@ -126,7 +126,7 @@ def _records(node):
 
 def test_the_precision_recall_plot_has_its_fields(repro):
     project, _ = repro
-    shown = json.loads(dvc(project, "plots", "show", "--json"))
+    shown = json.loads(dvc(project, "plots", "show", "--json"))["data"]
     (plot_id,) = [key for key in shown if key.startswith("Precision-recall")]
     points = [r for r in _records(shown[plot_id]) if "recall" in r and "precision" in r]
     assert points, f"no data point with recall and precision in {plot_id}"
