@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from pipeline.ablation_report import Cell, ablation_table, converged
+import pandas as pd
+
+from pipeline.ablation_report import Cell, ablation_markdown, ablation_table, converged
 from pipeline.error_analysis import ERROR_TYPES
 from pipeline.evaluation import coco_evaluate
 from pycocotools.coco import COCO
@@ -82,3 +84,16 @@ def test_convergence_compares_the_last_quarter_rise_with_the_interval_half_width
     assert converged(rows([0.1, 0.2, 0.30, 0.31]), half_width=0.02) is True
     assert converged(rows([0.1, 0.2, 0.30, 0.40]), half_width=0.02) is False
     assert converged([{"iterations": 400, "val_curve": []}], half_width=0.02) is None
+
+
+def test_the_table_joins_anchor_statistics_and_the_markdown_shows_intervals_and_significance():
+    cells = [cell("p0.5-n0.4-base", shift=12), cell("p0.6-n0.5-base", shift=0.5), cell("p0.7-n0.5-base", shift=12)]
+    stats = pd.DataFrame([{"pos_iou": 0.5, "neg_iou": 0.4, "anchor_scales": "base", "best_possible_recall": 0.9,
+                           "force_only_share": 0.1, "pos_priors_per_image": 7.0}])
+    table = ablation_table(cells, "p0.5-n0.4-base", 1000, seed=0, anchor_stats=stats)
+    assert table.loc[table["pos_iou"] == 0.5, "best_possible_recall"].item() == 0.9
+    markdown = ablation_markdown(table, "p0.5-n0.4-base", 1000)
+    rows = {line.split(" | ")[0]: line for line in markdown.splitlines() if line.startswith("| `")}
+    assert "(baseline)" in rows["| `p0.5-n0.4-base` (baseline)"]
+    assert "**+" in rows["| `p0.6-n0.5-base`"]  # significant: bold
+    assert "n.s." in rows["| `p0.7-n0.5-base`"]  # the same detector quality: not significant

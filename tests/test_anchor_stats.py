@@ -2,12 +2,10 @@
 import json
 import math
 
-import pandas as pd
 import torch
 
 from pipeline import config
 from pipeline.anchor_stats import ImageBoxes, anchor_statistics, feature_sizes, read_image_boxes
-from pipeline.reports import ablation_markdown, ablation_table
 
 # Four priors tiling the unit square (cx, cy, w, h).
 PRIORS = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.75, 0.25, 0.5, 0.5], [0.25, 0.75, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]])
@@ -60,20 +58,3 @@ def test_image_boxes_are_read_normalised_with_crowds_apart(tmp_path):
 def test_feature_sizes_follow_the_network():
     params = config.load(overrides=["input.size=550", "model.backbone.depth=50"])
     assert feature_sizes(params) == [(69, 69), (35, 35), (18, 18), (9, 9), (5, 5)]
-
-
-def test_ablation_table_joins_anchor_stats_and_marks_the_baseline(tmp_path):
-    cells = []
-    for pos, neg, scales, ap in [(0.5, 0.4, "base", 0.30), (0.6, 0.5, "base", 0.35)]:
-        path = tmp_path / f"{pos}-{scales}.json"
-        path.write_text(json.dumps({"pos_iou": pos, "neg_iou": neg, "anchor_scales": scales,
-                                    "bbox_AP": ap + 0.1, "segm_AP": ap, "mlflow_run_id": "r"}))
-        cells.append(path)
-    stats = pd.DataFrame([{"pos_iou": 0.5, "neg_iou": 0.4, "anchor_scales": "base", "best_possible_recall": 0.9,
-                           "force_only_share": 0.1, "pos_priors_per_image": 7.0}])
-    table = ablation_table(cells, stats)
-    assert list(table["segm_AP"]) == [0.35, 0.30]  # sorted by mask AP
-    assert table.loc[table["pos_iou"] == 0.5, "best_possible_recall"].item() == 0.9
-    markdown = ablation_markdown(table, (0.5, 0.4, "base"))
-    assert "| **yes** | 0.5000 | 0.4000 | base |" in markdown
-    assert "+0.0500" in markdown  # the other cell's mask AP over the baseline
