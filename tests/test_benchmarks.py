@@ -9,7 +9,7 @@ import torch
 from benchmarks import matching as match_bench
 from benchmarks.loader import loader_against_training, train_loader, transform_breakdown
 from benchmarks.report import TARGETS, check_targets
-from benchmarks.run import main
+from benchmarks.run import SYNTHETIC_DATA, main
 from benchmarks.timing import Sections, Timing, measure, measure_interleaved
 from benchmarks.workloads import (
     choose_format,
@@ -28,7 +28,7 @@ from tests.conftest import REPO
 from tests.reference_match import reference_match
 
 CPU = torch.device("cpu")
-TINY_YOLACT = ["data.source=synthetic", "model.backbone.pretrained=null", "input.size=64",
+TINY_YOLACT = [*SYNTHETIC_DATA, "model.backbone.pretrained=null", "input.size=64",
                "model.backbone.depth=18", "model.backbone.base_channels=8", "model.fpn.out_channels=16",
                "model.head.num_prototypes=4"]
 

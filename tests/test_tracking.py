@@ -51,9 +51,10 @@ def test_train_and_evaluate_log_one_run_per_model(project):
     assert sorted(m.step for m in history) == list(range(1, 13))
     assert len(client.get_metric_history(train_run.info.run_id, "train/lr")) == 12
     metrics = json.loads((project / "reports/metrics.json").read_text())
-    for run in (train_run, eval_run):
-        assert run.data.metrics["segm_AP"] == pytest.approx(metrics["segm"]["AP"])
-        assert run.data.metrics["bbox_AP50"] == pytest.approx(metrics["bbox"]["AP50"])
+    for run, prefix in ((train_run, "test_"), (eval_run, "")):
+        assert run.data.metrics[f"{prefix}segm_AP"] == pytest.approx(metrics["segm"]["AP"])
+        assert run.data.metrics[f"{prefix}bbox_AP50"] == pytest.approx(metrics["bbox"]["AP50"])
+    assert len(client.get_metric_history(train_run.info.run_id, "val_segm_AP")) == 2  # eval_every 6 of 12
     tags = train_run.data.tags
     for tag in ("git_commit", "git_dirty", "data_fingerprint", "torch_version", "device"):
         assert tags.get(tag), tag

@@ -25,7 +25,7 @@ def assert_one_line_failure(proc, names: str, project: Path) -> None:
 
 @pytest.mark.parametrize("damage, workers", [("delete", 0), ("truncate", 2)])
 def test_an_image_damaged_after_prepare_stops_train_in_one_line(project, damage, workers):
-    image = project / "data" / "prepared" / "synthetic" / "train" / "000003.png"
+    image = project / "data" / "synthetic" / "train" / "000003.png"
     if damage == "delete":
         image.unlink()
     else:
