@@ -147,7 +147,7 @@ class LossParams:
 @dataclass(frozen=True)
 class TrainParams:
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"  # auto: bf16 where the hardware has it
     channels_last: bool = False
     batch_size: int = 8
     iterations: int = 800_000

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from .checkpoints import checkpoint_path, provenance, resumable_state, save_checkpoint
 from .config import Params, to_dict
 from .data import InstanceDataset, build_transforms, collate, read_label_map
-from .distributed import Dist, autocast_dtype, distributed_from_env, select_device
+from .distributed import Dist, autocast_dtype, distributed_from_env, resolve_precision, select_device
 from .errors import PipelineError
 from .io import atomic_write_text
 from .loss import yolact_loss
@@ -74,7 +74,8 @@ def train(
     if tp.keep_best and validate is None:
         raise PipelineError("train.keep_best: needs validation during training (train.eval_every > 0)")
     device = select_device(tp.device, dinfo.local_rank)
-    amp_dtype = autocast_dtype(tp.precision, device)
+    precision = resolve_precision(tp.precision, device)
+    amp_dtype = autocast_dtype(precision, device)
 
     label_map = read_label_map(prepared_dir)
     dataset = InstanceDataset(prepared_dir, "train", build_transforms(params.input, train=True))
@@ -86,9 +87,9 @@ def train(
     if tp.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, tp)
-    scaler = torch.amp.GradScaler("cuda", enabled=tp.precision == "fp16")
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
-    run_provenance = provenance(params, prepared_dir)
+    run_provenance = {**provenance(params, prepared_dir), "precision": precision}
     ckpt_path = checkpoint_path(outputs.checkpoint_dir, run_provenance)
     start, log_rows, best = 0, [], None
     state = resumable_state(ckpt_path, run_provenance)
@@ -182,7 +183,7 @@ def train(
         weights = best["state_dict"] if tp.keep_best else model.state_dict()
         payload = {
             "state_dict": weights, "params": {name: _section(params, name) for name in MODEL_SECTIONS},
-            "label_map": label_map, "iterations": tp.iterations, "provenance": run_provenance,
+            "label_map": label_map, "iterations": tp.iterations, "provenance": run_provenance, "precision": precision,
             "selected_iteration": best["iteration"] if tp.keep_best else tp.iterations, **(extra_payload or {}),
         }
         save_checkpoint(outputs.model_path, payload)

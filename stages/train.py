@@ -12,14 +12,15 @@ CURVES = Path("reports/train/curves.png")
 def main(params, run, args):
     """Train YOLACT on the prepared train split, validating on the val split (resumes an interrupted run)."""
     from pipeline.data import read_label_map
-    from pipeline.distributed import select_device
+    from pipeline.distributed import resolve_precision, select_device
     from pipeline.inference import validation_scorer
     from pipeline.reports import training_curves_figure
     from pipeline.train import VALIDATION_COLUMNS, TrainOutputs, train
     from pipeline.tracking import fingerprint
 
     device = select_device(params.train.device)
-    run.set_tags({"data_fingerprint": fingerprint(PREPARED.glob("*.json")), "device": str(device)})
+    run.set_tags({"data_fingerprint": fingerprint(PREPARED.glob("*.json")), "device": str(device),
+                  "precision": resolve_precision(params.train.precision, device)})
     outputs = TrainOutputs(**OUTPUTS)
     category_ids = [entry["category_id"] for entry in read_label_map(PREPARED)]
     validate = validation_scorer(params, PREPARED, category_ids, device) if params.train.eval_every else None

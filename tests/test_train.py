@@ -188,3 +188,13 @@ def test_torchrun_two_processes_match_one_process(tiny_project, tmp_path):
     assert ddp.keys() == one.keys()
     worst = max(float((ddp[k].float() - one[k].float()).abs().max()) for k in one)
     assert worst < 1e-4, worst
+
+
+def test_auto_precision_uses_bf16_only_where_the_cpu_has_it():
+    from pipeline.distributed import autocast_dtype, resolve_precision
+
+    cpu = torch.device("cpu")
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
