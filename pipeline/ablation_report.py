@@ -168,6 +168,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
 def ablation_heatmap(table: pd.DataFrame, path: Path) -> None:
     """Mask AP over threshold pairs (rows) x anchor-scale sets (columns), with interval and difference;
     a difference that is not significant is written in grey."""
@@ -193,10 +200,7 @@ def ablation_heatmap(table: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("pos_iou / neg_iou")
     fig.colorbar(image, ax=ax, label="mask AP (test)")
     ax.set_title("mask AP ± half 95% interval, Δ to baseline")
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def validation_curves_figure(cells: Sequence[Cell], path: Path) -> None:
@@ -215,10 +219,7 @@ def validation_curves_figure(cells: Sequence[Cell], path: Path) -> None:
     ax.set_ylabel("val mask AP")
     ax.set_title("validation during training (dashed: start of the last quarter)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def tide_comparison_figure(table: pd.DataFrame, path: Path) -> None:
@@ -233,7 +234,4 @@ def tide_comparison_figure(table: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("mask dAP (AP50 gained by fixing)")
     ax.set_title("TIDE error types per ablation cell (test split)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
