@@ -59,7 +59,9 @@ def load_cells(cells_dir: Path, ablation: AblationParams) -> list[Cell]:
 def ablation_table(cells: Sequence[Cell], baseline: str, resamples: int, seed: int,
                    anchor_stats: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per grid cell: AP with interval and seed spread, paired difference to ``baseline``,
-    ``significant`` (the mask-AP difference interval excludes 0), ``converged``, TIDE dAP, anchor statistics."""
+    ``significant`` (the mask-AP difference interval excludes 0), ``learned`` (the mask-AP interval excludes 0),
+    ``converged`` (None for a cell that learned nothing: a flat curve at zero is not convergence), TIDE dAP,
+    anchor statistics."""
     by_name = {cell.name: cell for cell in cells}
     if baseline not in by_name:
         raise PipelineError(f"ablation.baseline: {baseline!r} is not a cell of the grid ({', '.join(by_name)})")
@@ -87,7 +89,8 @@ def ablation_table(cells: Sequence[Cell], baseline: str, resamples: int, seed: i
                         f"d_{t}_AP_lo": d_lo, f"d_{t}_AP_hi": d_hi,
                         f"{t}_significant": cell.name != baseline and (d_lo > 0 or d_hi < 0)})
         row["significant"] = row["segm_significant"]
-        row["converged"] = converged(cell.rows, (row["segm_AP_hi"] - row["segm_AP_lo"]) / 2)
+        row["learned"] = row["segm_AP_lo"] > 0
+        row["converged"] = converged(cell.rows, (row["segm_AP_hi"] - row["segm_AP_lo"]) / 2) if row["learned"] else None
         for t in IOU_TYPES:
             for error in ERROR_TYPES:
                 key = f"tide_{t}_dAP_{error}"
@@ -126,7 +129,8 @@ def ablation_markdown(table: pd.DataFrame, baseline: str, resamples: int) -> str
         f"cell, {table['seeds'].iloc[0]} seed(s). AP [95% percentile interval over {resamples} image resamples]; "
         f"difference to the baseline cell `{baseline}` with its paired interval; **bold** = significant (interval "
         "excludes 0), n.s. = not significant. Converged: val mask AP rose in the last quarter of training by no "
-        "more than the half-width of the cell's mask-AP interval (blank: no validation curve). TIDE dAP (mask): AP50 "
+        "more than the half-width of the cell's mask-AP interval (blank: no validation curve; \"nothing learned\": the "
+        "mask-AP interval reaches 0, so there is no convergence to judge). TIDE dAP (mask): AP50 "
         "gained by fixing each error type. Anchor statistics: anchors stage, train split, before training.",
         "",
     ]
@@ -140,7 +144,7 @@ def ablation_markdown(table: pd.DataFrame, baseline: str, resamples: int) -> str
             spread = f" ± {r[f'{t}_AP_seed_std']:.3f} (seeds)" if r["seeds"] > 1 else ""
             cells.append(f"{r[f'{t}_AP']:.3f} [{r[f'{t}_AP_lo']:.3f}, {r[f'{t}_AP_hi']:.3f}]{spread}")
             cells.append(_difference(r, t))
-        cells.append({True: "yes", False: "**no**", None: ""}[_flag(r["converged"])])
+        cells.append({True: "yes", False: "**no**", None: ""}[_flag(r["converged"])] if r["learned"] else "nothing learned")
         cells += [f"{r[f'tide_segm_dAP_{e}']:.3f}" for e in ERROR_TYPES]
         cells.append(f"{r['best_possible_recall']:.3f}" if "best_possible_recall" in r and pd.notna(r["best_possible_recall"]) else "")
         cells.append(str(r["mlflow_run_id"]))

@@ -258,7 +258,7 @@ def coco_evaluate(
     gt = gt if isinstance(gt, COCO) else load_coco(gt)
     if results:
         with contextlib.redirect_stdout(io.StringIO()):
-            dt = gt.loadRes(copy.deepcopy(list(results)))
+            dt = gt.loadRes([dict(record) for record in results])  # it adds keys to each record, nothing deeper
     else:
         warnings.warn(f"no {iou_type} detections to evaluate: every AP is 0", RuntimeWarning, stacklevel=2)
         dt = _empty_results(gt)

@@ -36,9 +36,11 @@ def run_stage(
     configure: Callable[[argparse.ArgumentParser], None] | None = None,
     argv: list[str] | None = None,
     derive: Derive | None = None,
+    tracked: bool = True,
 ) -> None:
     """Run ``main(params, run, args)``; ``derive`` turns the loaded params and arguments into the
-    effective params of this run (e.g. one ablation cell) and where to log it, before tracking starts."""
+    effective params of this run (e.g. one ablation cell) and where to log it, before tracking starts.
+    An untracked command (``tracked=False``) opens no MLflow run and gets ``run=None``."""
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=main.__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument(
@@ -55,11 +57,12 @@ def run_stage(
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 
-    from .tracking import start_run
-
     run = None
     try:
-        run = start_run(params, tracking.run_name or name, tracking.experiment, tracking.tags, tracking.parent)
+        if tracked:
+            from .tracking import start_run
+
+            run = start_run(params, tracking.run_name or name, tracking.experiment, tracking.tags, tracking.parent)
         main(params, run, args)
     except ConfigError as err:
         _fail(run, f"error: {err}", 2)

@@ -78,3 +78,18 @@ def save_comparison(
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     return path
+
+
+def save_overlay(image: np.ndarray, detections: Mapping[str, Tensor], class_names: Sequence[str], path: str | Path,
+                 title: str = "") -> Path:
+    """Write ``image [H, W, 3]`` uint8 with ``detections`` (pixel ``boxes``, ``labels``, ``scores``, bool
+    ``masks [N, H, W]``) drawn on it, at about the image's own resolution."""
+    height, width = np.shape(image)[:2]
+    dpi = 100
+    fig = Figure(figsize=(max(width, 64) / dpi, max(height, 64) / dpi + (0.3 if title else 0)), layout="constrained")
+    FigureCanvasAgg(fig)
+    _draw(fig.add_subplot(), np.asarray(image), detections, class_names, title)
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    return path

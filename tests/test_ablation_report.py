@@ -86,6 +86,17 @@ def test_convergence_compares_the_last_quarter_rise_with_the_interval_half_width
     assert converged([{"iterations": 400, "val_curve": []}], half_width=0.02) is None
 
 
+def test_a_cell_that_learned_nothing_is_not_called_converged():
+    flat = [{"iteration": i, "val_segm_AP": 0.0} for i in (25, 50, 75, 100)]
+    cells = [cell("p0.5-n0.4-base", shift=0.5), cell("p0.6-n0.5-base", shift=80, curve=flat)]  # boxes off target
+    table = ablation_table(cells, "p0.5-n0.4-base", 200, seed=0).set_index("cell")
+    assert table.loc["p0.6-n0.5-base", "segm_AP"] == 0.0
+    assert not table.loc["p0.6-n0.5-base", "learned"] and table.loc["p0.6-n0.5-base", "converged"] is None
+    assert table.loc["p0.5-n0.4-base", "learned"]
+    markdown = ablation_markdown(table.reset_index(), "p0.5-n0.4-base", 200)
+    assert "nothing learned" in next(line for line in markdown.splitlines() if line.startswith("| `p0.6"))
+
+
 def test_the_table_joins_anchor_statistics_and_the_markdown_shows_intervals_and_significance():
     cells = [cell("p0.5-n0.4-base", shift=12), cell("p0.6-n0.5-base", shift=0.5), cell("p0.7-n0.5-base", shift=12)]
     stats = pd.DataFrame([{"pos_iou": 0.5, "neg_iou": 0.4, "anchor_scales": "base", "best_possible_recall": 0.9,

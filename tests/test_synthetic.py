@@ -51,6 +51,12 @@ def test_generation_is_byte_identical_across_runs(tmp_path):
     assert first == second
 
 
+def test_worker_processes_write_the_same_files_as_one_process(tmp_path):
+    generate(tmp_path / "serial", SMALL, seed=3, workers=1)
+    generate(tmp_path / "parallel", SMALL, seed=3, workers=2)
+    assert files(tmp_path / "serial") == files(tmp_path / "parallel")
+
+
 def test_image_ids_are_unique_across_the_three_splits(tmp_path):
     generate(tmp_path, SMALL, seed=3)
     ids = {split: [image["id"] for image in json.loads((tmp_path / "annotations" / f"instances_{split}.json")
