@@ -36,3 +36,23 @@ def tiny_project(tmp_path_factory) -> Path:
     run_stage(project, "generate")
     run_stage(project, "prepare")
     return project
+
+
+@pytest.fixture(scope="session")
+def untrained_model(tiny_project, tmp_path_factory) -> Path:
+    """A tiny model with its initial weights, saved as the train stage saves one (plenty of low-score detections)."""
+    import torch
+
+    from pipeline.config import load, to_dict
+    from pipeline.data import read_label_map
+    from pipeline.model import build_model
+    from pipeline.train import MODEL_SECTIONS
+
+    params = load(tiny_project / "params.yaml")
+    label_map = read_label_map(tiny_project / "data/prepared")
+    torch.manual_seed(0)
+    model = build_model(params, num_classes=len(label_map))
+    path = tmp_path_factory.mktemp("untrained") / "model.pt"
+    torch.save({"state_dict": model.state_dict(), "label_map": label_map,
+                "params": {name: to_dict(params)[name] for name in MODEL_SECTIONS}}, path)
+    return path

@@ -8,32 +8,17 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from pipeline.config import EvalParams, load, to_dict
+from pipeline.config import EvalParams
 from pipeline.data import read_label_map
 from pipeline.inference import predict, split_loader
-from pipeline.model import build_model
 from pipeline.predict import Predictor, find_images, output_names, to_rgb
-from pipeline.train import MODEL_SECTIONS
 from tests.tiny import run_stage
 
 LOW_SCORE = EvalParams(score_threshold=0.05)
 
 
-@pytest.fixture(scope="module")
-def model_path(tiny_project, tmp_path_factory):
-    """An untrained tiny model saved as the train stage saves one (untrained: plenty of low-score detections)."""
-    params = load(tiny_project / "params.yaml")
-    label_map = read_label_map(tiny_project / "data/prepared")
-    torch.manual_seed(0)
-    model = build_model(params, num_classes=len(label_map))
-    path = tmp_path_factory.mktemp("predict") / "model.pt"
-    torch.save({"state_dict": model.state_dict(), "label_map": label_map,
-                "params": {name: to_dict(params)[name] for name in MODEL_SECTIONS}}, path)
-    return path
-
-
-def test_the_predictor_gives_what_evaluation_gives_on_the_same_image(tiny_project, model_path):
-    predictor = Predictor.from_checkpoint(model_path, "cpu", eval_params=LOW_SCORE)
+def test_the_predictor_gives_what_evaluation_gives_on_the_same_image(tiny_project, untrained_model):
+    predictor = Predictor.from_checkpoint(untrained_model, "cpu", eval_params=LOW_SCORE)
     prepared = tiny_project / "data/prepared"
     loader = split_loader(prepared, "test", predictor.trained.params.input, batch_size=1, num_workers=0)
     evaluated = predict(predictor.trained.model, loader, LOW_SCORE, False, predictor.trained.category_ids,
@@ -49,7 +34,7 @@ def test_the_predictor_gives_what_evaluation_gives_on_the_same_image(tiny_projec
 
 
 @pytest.mark.parametrize("kind", ["grey", "rgba", "uint16", "tall", "tensor", "pil"])
-def test_any_image_kind_gives_boxes_and_masks_at_its_own_size(model_path, tmp_path, kind):
+def test_any_image_kind_gives_boxes_and_masks_at_its_own_size(untrained_model, tmp_path, kind):
     rng = np.random.default_rng(0)
     height, width = (150, 40) if kind == "tall" else (48, 72)
     rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -58,7 +43,7 @@ def test_any_image_kind_gives_boxes_and_masks_at_its_own_size(model_path, tmp_pa
         "uint16": rgb[:, :, 0].astype(np.uint16) * 257, "tall": rgb,
         "tensor": torch.from_numpy(rgb).permute(2, 0, 1).contiguous(), "pil": Image.fromarray(rgb),
     }[kind]
-    prediction = Predictor.from_checkpoint(model_path, "cpu", eval_params=LOW_SCORE).predict(image)
+    prediction = Predictor.from_checkpoint(untrained_model, "cpu", eval_params=LOW_SCORE).predict(image)
     n = len(prediction)
     assert n > 0
     assert prediction.masks.shape == (n, height, width) and prediction.masks.dtype == torch.bool
@@ -85,13 +70,13 @@ def test_sources_are_files_folders_and_globs_each_once(tmp_path):
     assert len(set(output_names(found))) == 3
 
 
-def test_the_command_writes_overlays_and_results_and_counts_unreadable_files(tiny_project, model_path, tmp_path):
+def test_the_command_writes_overlays_and_results_and_counts_unreadable_files(tiny_project, untrained_model, tmp_path):
     source = tmp_path / "in"
     shutil.copytree(tiny_project / "data/synthetic/test", source)
     (source / "broken.png").write_bytes(b"not a png")
     readable = len(list(source.glob("*.png"))) - 1
     out = tmp_path / "out"
-    proc = run_stage(tiny_project, "predict", "--model", str(model_path), "--source", str(source), "--out", str(out),
+    proc = run_stage(tiny_project, "predict", "--model", str(untrained_model), "--source", str(source), "--out", str(out),
                      "--score", "0.05")
     assert f"{readable} images" in proc.stdout and "1 unreadable" in proc.stdout
     assert "broken.png" in proc.stderr
@@ -105,14 +90,14 @@ def test_the_command_writes_overlays_and_results_and_counts_unreadable_files(tin
     results = gt.loadRes(str(out / "results.json"))  # the results file as COCO tools read it
     assert len(results.anns) > 0 and all(r["score"] >= 0.05 for r in results.anns.values())
 
-    again = run_stage(tiny_project, "predict", "--model", str(model_path), "--source", str(source), "--out", str(out),
+    again = run_stage(tiny_project, "predict", "--model", str(untrained_model), "--source", str(source), "--out", str(out),
                       check=False)
     assert again.returncode == 1 and "not empty" in again.stderr
 
 
-def test_no_readable_image_fails_without_writing_results(tiny_project, model_path, tmp_path):
+def test_no_readable_image_fails_without_writing_results(tiny_project, untrained_model, tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"nothing")
-    proc = run_stage(tiny_project, "predict", "--model", str(model_path), "--source", str(tmp_path / "bad.jpg"),
+    proc = run_stage(tiny_project, "predict", "--model", str(untrained_model), "--source", str(tmp_path / "bad.jpg"),
                      "--out", str(tmp_path / "out"), check=False)
     assert proc.returncode == 1 and "could be read" in proc.stderr
     assert not (tmp_path / "out" / "results.json").exists()
