@@ -1,2 +1,3 @@
-"""Speed benchmarks (``python -m benchmarks.run``): our YOLACT against torchvision's Mask R-CNN, the batched
-matcher against the reference loop, and the data loader against training, written to ``reports/bench.*``."""
+"""Speed benchmarks (``python -m benchmarks.run``), measured like for like: our YOLACT against torchvision's
+Mask R-CNN (same end product, same precision, same step), the batched matcher against the seed's loop, the
+training input path against training, and where evaluation time goes; written to ``reports/bench.*``."""

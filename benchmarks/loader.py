@@ -1,49 +1,85 @@
-"""The data loader against the training step it feeds, at one configuration."""
+"""The training input path, timed as one loader worker runs it, against the training step it feeds."""
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader
 
 from pipeline.config import Params
 from pipeline.data import InstanceDataset, build_transforms, collate, finish_target
+from pipeline.distributed import Dist
+from pipeline.sampling import SampleStream, SeededSamples, worker_init
 
 from .timing import measure_interleaved
 
 
-def train_loader(params: Params, prepared_dir: Path, seed: int = 0) -> DataLoader:
-    """The train split with train transforms, ``train.batch_size`` and ``data.num_workers``, shuffled."""
+def training_loader(params: Params, prepared_dir: Path) -> DataLoader:
+    """The DataLoader ``pipeline.train.train`` builds for a fresh single-process run, loading in-process:
+    the train split with train transforms behind :class:`SeededSamples`, batches of ``train.batch_size``
+    from :class:`SampleStream` (seed ``params.seed``, from iteration 0), ``collate``. Endless."""
     dataset = InstanceDataset(prepared_dir, "train", build_transforms(params.input, train=True))
-    workers = params.data.num_workers
-    return DataLoader(
-        dataset, batch_size=params.train.batch_size, shuffle=True, drop_last=True, collate_fn=collate,
-        num_workers=workers, persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
-    )
+    stream = SampleStream(len(dataset), params.train.batch_size, params.seed, start_iteration=0, dist_info=Dist())
+    return DataLoader(SeededSamples(dataset), batch_sampler=stream, collate_fn=collate, num_workers=0)
+
+
+@contextlib.contextmanager
+def as_one_worker() -> Iterator[None]:
+    """Run the body with torch's threads as a loader worker has them (:func:`pipeline.sampling.worker_init`)."""
+    threads = torch.get_num_threads()
+    worker_init(0)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def worker_batches(loader: DataLoader) -> Callable[[], Any]:
+    """A call that loads the next batch of ``loader`` in this process as one worker would."""
+    batches = iter(loader)
+
+    def next_batch() -> Any:
+        with as_one_worker():
+            return next(batches)
+
+    return next_batch
+
+
+def worker_rate(loader: DataLoader, batches: int, warmup: int = 1) -> dict[str, Any]:
+    """Images per second of one worker: ``warmup`` untimed batches, then ``batches`` timed (their mean rate)."""
+    next_batch = worker_batches(loader)
+    for _ in range(warmup):
+        next_batch()
+    seconds, images = [], 0
+    for _ in range(batches):
+        start = time.perf_counter()
+        images += len(next_batch()[0])
+        seconds.append(time.perf_counter() - start)
+    return {"batches": batches, "batch_size": images // batches, "images": images,
+            "worker_images_per_s": images / sum(seconds), "loader_seconds": seconds}
 
 
 def loader_against_training(
-    loader: DataLoader, train_step: Callable[[], object], device: torch.device, batches: int, warmup_steps: int = 2
+    loader: DataLoader, train_step: Callable[[], object], device: torch.device, batches: int, warmup_steps: int = 1
 ) -> dict[str, Any]:
-    """Images per second of the loader and of ``train_step`` (one step on a batch of the same size), timed
-    in turn for ``batches`` rounds after one untimed batch (worker start-up) and ``warmup_steps`` untimed steps.
+    """Images per second of one worker of ``loader`` and of ``train_step`` (one step on a batch of the same
+    size), timed in turn for ``batches`` rounds after one untimed batch and ``warmup_steps`` untimed steps.
 
     Both rates are means over the same rounds: batches differ in cost with their augmentations, and
     alternating exposes both to the same load from other processes.
     """
-    if batches + 1 > len(loader):
-        raise ValueError(f"{batches + 1} batches requested, the loader has {len(loader)}")
-    iterator = iter(loader)
-    batch_size = len(next(iterator)[0])
+    next_batch = worker_batches(loader)
+    batch_size = len(next_batch()[0])
     for _ in range(warmup_steps):
         train_step()
-    timings = measure_interleaved({"loader": lambda: next(iterator), "train": train_step}, device, 0, batches)
+    timings = measure_interleaved({"loader": next_batch, "train": train_step}, device, 0, batches)
     images = batches * batch_size
     return {
         "batches": batches, "batch_size": batch_size, "images": images,
-        "loader_images_per_s": images / sum(timings["loader"].seconds),
+        "worker_images_per_s": images / sum(timings["loader"].seconds),
         "train_images_per_s": images / sum(timings["train"].seconds),
         "loader_seconds": timings["loader"].seconds, "train_seconds": timings["train"].seconds,
     }
@@ -62,12 +98,13 @@ def transform_breakdown(dataset: InstanceDataset, images: int) -> list[dict[str,
         return out
 
     count = min(images, len(dataset))
-    for index in range(count):
-        image_id = dataset.image_ids[index]
-        image, target = timed("read image and masks", dataset.load, image_id)
-        for step in steps:
-            image, target = timed(type(step).__name__, step, image, target)
-        timed("finish_target", finish_target, target, image_id)
+    with as_one_worker():
+        for index in range(count):
+            image_id = dataset.image_ids[index]
+            image, target = timed("read image and masks", dataset.load, image_id)
+            for step in steps:
+                image, target = timed(type(step).__name__, step, image, target)
+            timed("finish_target", finish_target, target, image_id)
     total = sum(seconds.values()) or 1.0
     return [
         {"op": name, "calls": count, "self_ms": s * 1e3, "share": s / total}

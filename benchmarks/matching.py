@@ -1,4 +1,5 @@
-"""The batched matcher (:func:`pipeline.matching.match_batch`) against the per-image reference loop."""
+"""The batched matcher (:func:`pipeline.matching.match_batch`) against the seed's per-image loop
+(:func:`benchmarks.reference_match.reference_match`), timed alike and checked on the timed calls' outputs."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -8,7 +9,8 @@ from torch import Tensor
 
 from pipeline.matching import match_batch
 
-from .timing import measure
+from .reference_match import reference_match
+from .timing import measure_interleaved
 
 Matcher = Callable[..., tuple[Tensor, Tensor, Tensor]]
 
@@ -36,34 +38,36 @@ def compare_matching(
     priors: Tensor,
     pos_iou: float,
     neg_iou: float,
-    reference: Matcher,
     device: torch.device,
+    warmup: int,
     repeats: int,
+    reference: Matcher = reference_match,
 ) -> dict[str, object]:
-    """Time ``match_batch`` (1 warm-up, best of ``repeats``) and ``reference`` per image (one pass: it
-    is the slow one), and check that ``conf_t``, ``matched_idx`` and ``loc_t`` are identical."""
+    """Time ``match_batch`` on the whole batch and ``reference`` image by image in turn (A B A B ...),
+    each ``warmup`` times untimed and then ``repeats`` times timed (median), and compare ``conf_t``,
+    ``matched_idx`` and ``loc_t`` of their last timed calls for exact equality."""
     gt_boxes = [b.to(device) for b in gt_boxes]
     gt_labels = [l.to(device) for l in gt_labels]
     priors = priors.to(device)
-    batched: list[tuple[Tensor, Tensor, Tensor]] = []
-    fast = measure(lambda: batched.append(match_batch(gt_boxes, gt_labels, priors, pos_iou, neg_iou)),
-                   device, 1, repeats)
-    per_image: list[tuple[Tensor, Tensor, Tensor]] = []
-    slow = measure(lambda: per_image.extend(reference(b, l, priors, pos_iou, neg_iou) for b, l in zip(gt_boxes, gt_labels)),
-                   device, 0, 1)
-    conf_t, matched_idx, loc_t = batched[-1]
-    identical = {
-        "conf_t": all(torch.equal(conf_t[i], ref[0]) for i, ref in enumerate(per_image)),
-        "matched_idx": all(torch.equal(matched_idx[i], ref[1]) for i, ref in enumerate(per_image)),
-        "loc_t": all(torch.equal(loc_t[i], ref[2]) for i, ref in enumerate(per_image)),
-    }
+    outputs: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def batched() -> None:
+        outputs["match_batch"] = match_batch(gt_boxes, gt_labels, priors, pos_iou, neg_iou)
+
+    def looped() -> None:
+        per_image = [reference(b, l, priors, pos_iou, neg_iou) for b, l in zip(gt_boxes, gt_labels)]
+        outputs["reference"] = tuple(torch.stack(parts) for parts in zip(*per_image))
+
+    timings = measure_interleaved({"match_batch": batched, "reference": looped}, device, warmup, repeats)
+    identical = {name: torch.equal(fast, slow) for name, fast, slow
+                 in zip(("conf_t", "matched_idx", "loc_t"), outputs["match_batch"], outputs["reference"])}
     return {
         "batch": len(gt_boxes),
         "num_gt": max(len(b) for b in gt_boxes),
         "num_priors": len(priors),
-        "match_batch": fast.as_dict(),
-        "reference": slow.as_dict(),
-        "speedup": slow.best / fast.best,
+        "match_batch": timings["match_batch"].as_dict(),
+        "reference": timings["reference"].as_dict(),
+        "speedup": timings["reference"].median / timings["match_batch"].median,
         "identical": all(identical.values()),
         "identical_by_output": identical,
     }

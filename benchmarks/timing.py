@@ -19,21 +19,17 @@ def synchronize(device: torch.device) -> None:
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds of each timed call (warm-up calls excluded)."""
+    """Seconds of each timed call (warm-up calls excluded). Every figure of the benchmarks is the median:
+    one statistic for both sides of every ratio."""
 
     seconds: list[float]
-
-    @property
-    def best(self) -> float:
-        # Other processes only ever add time, so the fastest call is the least disturbed one.
-        return min(self.seconds)
 
     @property
     def median(self) -> float:
         return statistics.median(self.seconds)
 
     def as_dict(self) -> dict[str, object]:
-        return {"best_s": self.best, "median_s": self.median, "seconds": self.seconds}
+        return {"median_s": self.median, "seconds": self.seconds}
 
 
 def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Timing:

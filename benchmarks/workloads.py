@@ -1,12 +1,15 @@
-"""What the benchmarks time: synthetic batches and one-call training/inference steps of both models.
+"""What the benchmarks time: synthetic batches and one-call inference and training steps of both models.
 
-Each ``*_step`` function converts its model to a memory format and returns a closure that runs one
-step (setting train or eval mode) on a fixed batch; :func:`choose_format` times a step in both memory
-formats and keeps the faster.
+Both models are held to the same step. Inference: eval mode, one autocast region (or none, fp32) around the
+network and its post-processing, ending in boxes (pixels), scores, labels and binary masks at the input
+size for at most 100 detections per image. Training: forward under that autocast (Mask R-CNN computes its
+losses inside its forward, YOLACT's loss runs after it as in ``pipeline.train``), backward, gradient clipping
+(``train.grad_clip``) and the optimizer of ``train.optimizer`` (:func:`pipeline.schedule.build_optimizer`).
+Both run channels-last. Each ``*_step`` function converts its model and returns a closure that runs one step
+on a fixed batch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -15,10 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.config import EvalParams, LossParams, TrainParams
 from pipeline.loss import yolact_loss
-from pipeline.postprocess import Detections, detect
+from pipeline.postprocess import Detections, detect, to_image
 from pipeline.schedule import build_optimizer
-
-from .timing import Timing, measure
 
 Step = Callable[[], object]
 Target = dict[str, Tensor]
@@ -74,19 +75,25 @@ def to_device(targets: Sequence[dict], device: torch.device) -> list[dict]:
 # Steps
 
 
-def set_memory_format(model: nn.Module, images: Tensor, channels_last: bool) -> Tensor:
+def set_memory_format(model: nn.Module, images: Tensor, channels_last: bool = True) -> Tensor:
     """Convert ``model``'s parameters in place; returns ``images [B, 3, S, S]`` in the same format."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     return images.contiguous(memory_format=memory_format)
 
 
-def sgd(model: nn.Module, train: TrainParams) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
-
-
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    """``torch.autocast`` to ``dtype`` on ``device``; disabled (fp32) for ``None``."""
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def optimizer_step(total_loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, train: TrainParams) -> None:
+    """Backward, gradient clipping at ``train.grad_clip`` (if set) and one optimizer step, as ``pipeline.train``."""
+    optimizer.zero_grad(set_to_none=True)
+    total_loss.backward()
+    if train.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+    optimizer.step()
 
 
 def yolact_train_step(
@@ -96,24 +103,19 @@ def yolact_train_step(
     loss_params: LossParams,
     train: TrainParams,
     amp_dtype: Optional[torch.dtype],
-    channels_last: bool,
+    channels_last: bool = True,
 ) -> Step:
-    """One training iteration as ``pipeline.train`` runs it: forward under autocast, loss, backward,
-    gradient clipping (``train.grad_clip``), the optimizer step (``train.optimizer``).
+    """One training iteration as ``pipeline.train`` runs it: forward under autocast, then
+    ``pipeline.loss.yolact_loss`` (outside autocast, as there) and :func:`optimizer_step`.
     ``images [B, 3, S, S]`` on the model's device."""
     images = set_memory_format(model, images, channels_last)
     optimizer = build_optimizer(model, train)
 
     def step() -> None:
         model.train()
-        with _autocast(images.device, amp_dtype):
+        with autocast(images.device, amp_dtype):
             predictions = model(images)
-        losses = yolact_loss(predictions, targets, loss_params)
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        if train.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-        optimizer.step()
+        optimizer_step(yolact_loss(predictions, targets, loss_params)["total"], model, optimizer, train)
 
     return step
 
@@ -124,21 +126,25 @@ def yolact_infer_step(
     eval_params: EvalParams,
     use_focal_loss: bool,
     amp_dtype: Optional[torch.dtype],
-    channels_last: bool,
 ) -> Callable[[], list[Detections]]:
-    """Eval-mode forward (under autocast) and :func:`pipeline.postprocess.detect` in fp32."""
-    images = set_memory_format(model, images, channels_last)
+    """Eval forward, :func:`pipeline.postprocess.detect` (on the outputs cast to fp32, its contract) and
+    :func:`pipeline.postprocess.to_image` at the input size (masks upsampled, cut to the box, thresholded
+    at ``eval.mask_threshold``), all under one autocast, as ``pipeline.inference.predict`` ends.
+    Per image: ``boxes [N, 4]`` pixels, ``scores [N]``, ``labels [N]``, ``masks [N, S, S]`` bool."""
+    images = set_memory_format(model, images)
+    size = images.shape[-1]
 
     @torch.no_grad()
     def step() -> list[Detections]:
         model.eval()
-        with _autocast(images.device, amp_dtype):
+        with autocast(images.device, amp_dtype):
             out = model(images)
-        return detect(
-            out["loc"].float(), out["conf"].float(), out["mask"].float(), out["proto"].float(), out["priors"],
-            score_threshold=eval_params.score_threshold, nms=eval_params.nms, nms_iou=eval_params.nms_iou,
-            top_k=eval_params.top_k, max_detections=eval_params.max_detections, use_focal_loss=use_focal_loss,
-        )
+            detections = detect(
+                out["loc"].float(), out["conf"].float(), out["mask"].float(), out["proto"].float(), out["priors"],
+                score_threshold=eval_params.score_threshold, nms=eval_params.nms, nms_iou=eval_params.nms_iou,
+                top_k=eval_params.top_k, max_detections=eval_params.max_detections, use_focal_loss=use_focal_loss,
+            )
+            return [to_image(d, size, size, eval_params.mask_threshold) for d in detections]
 
     return step
 
@@ -146,6 +152,7 @@ def yolact_infer_step(
 def build_maskrcnn(image_size: int, **options: int) -> nn.Module:
     """torchvision's Mask R-CNN R-50-FPN, randomly initialised, resizing to exactly ``image_size``.
 
+    Without weights torchvision trains every backbone stage with plain BatchNorm, as YOLACT does here.
     ``options`` are further ``MaskRCNN`` arguments (the smoke test shrinks the proposal and RoI counts).
     """
     from torchvision.models.detection import maskrcnn_resnet50_fpn
@@ -156,36 +163,38 @@ def build_maskrcnn(image_size: int, **options: int) -> nn.Module:
 
 
 def maskrcnn_train_step(
-    model: nn.Module, images: Tensor, targets: Sequence[Target], train: TrainParams, channels_last: bool
+    model: nn.Module, images: Tensor, targets: Sequence[Target], train: TrainParams, amp_dtype: Optional[torch.dtype]
 ) -> Step:
-    """Forward with targets (the sum of torchvision's losses), backward, SGD step."""
-    images = set_memory_format(model, images, channels_last)
-    optimizer = sgd(model, train)
+    """Forward with targets under autocast (torchvision computes its losses inside the forward), their sum,
+    then :func:`optimizer_step` with the same optimizer and clipping as YOLACT's step."""
+    images = set_memory_format(model, images)
+    optimizer = build_optimizer(model, train)
 
     def step() -> None:
         model.train()
-        losses = model(list(images), list(targets))
-        optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        optimizer.step()
+        with autocast(images.device, amp_dtype):
+            losses = model(list(images), list(targets))
+        optimizer_step(sum(losses.values()), model, optimizer, train)
 
     return step
 
 
-def maskrcnn_infer_step(model: nn.Module, images: Tensor, channels_last: bool) -> Callable[[], list[Target]]:
-    """Eval-mode forward, torchvision's own post-processing (NMS, masks pasted at image size) included."""
-    images = set_memory_format(model, images, channels_last)
+def maskrcnn_infer_step(
+    model: nn.Module, images: Tensor, mask_threshold: float, amp_dtype: Optional[torch.dtype]
+) -> Callable[[], list[Target]]:
+    """Eval forward with torchvision's own post-processing (NMS, at most 100 detections, mask probabilities
+    pasted at the input size), then the masks thresholded at ``mask_threshold``, all under one autocast.
+    Per image: ``boxes [N, 4]`` pixels, ``scores [N]``, ``labels [N]``, ``masks [N, S, S]`` bool."""
+    images = set_memory_format(model, images)
 
     @torch.no_grad()
     def step() -> list[Target]:
         model.eval()
-        return model(list(images))
+        with autocast(images.device, amp_dtype):
+            outputs = model(list(images))
+            return [{**out, "masks": out["masks"][:, 0] > mask_threshold} for out in outputs]
 
     return step
-
-
-# --------------------------------------------------------------------------------------------------
-# Measurement
 
 
 def flops_of(fn: Step) -> int:
@@ -193,41 +202,3 @@ def flops_of(fn: Step) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
-
-
-@dataclass(frozen=True)
-class FormatChoice:
-    channels_last: bool
-    probe_s: dict[str, float]  # best warm call in each format
-
-    def as_dict(self) -> dict[str, object]:
-        return {"channels_last": self.channels_last, "probe_s": self.probe_s}
-
-
-def choose_format(
-    build_step: Callable[[bool], Step], device: torch.device, warmup: int, rounds: int = 2
-) -> FormatChoice:
-    """Time ``build_step(channels_last)`` in each memory format, alternating for ``rounds`` rounds (the
-    first after ``warmup`` calls), and pick the format with the faster best call.
-
-    Alternating keeps a burst of load from other processes from deciding alone. The model is left in
-    the chosen format.
-    """
-    probes: dict[bool, list[float]] = {False: [], True: []}
-    for round_ in range(rounds):
-        for channels_last in probes:
-            step = build_step(channels_last)
-            probes[channels_last] += measure(step, device, warmup if round_ == 0 else 0, 1).seconds
-    chosen = min(probes, key=lambda c: min(probes[c]))
-    if not chosen:
-        build_step(chosen)
-    return FormatChoice(chosen, {("channels_last" if c else "contiguous"): min(t) for c, t in probes.items()})
-
-
-def matmul_gflops(size: int, dtype: torch.dtype, device: torch.device, warmup: int, repeats: int) -> tuple[float, Timing]:
-    """Best ``torch.matmul`` throughput of two random ``[size, size]`` matrices of ``dtype``, in GFLOP/s."""
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator).to(device, dtype)
-    b = torch.randn(size, size, generator=generator).to(device, dtype)
-    timing = measure(lambda: torch.matmul(a, b), device, warmup, repeats)
-    return 2 * size**3 / timing.best / 1e9, timing
