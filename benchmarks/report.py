@@ -266,11 +266,23 @@ def _evaluation(result: dict[str, Any]) -> list[str]:
         "| phase | ms/image | share |",
         "|---|---:|---:|",
         *(f"| {row['phase']} | {row['ms_per_image']:.2f} | {row['share']:.1%} |" for row in ev["phases"]),
-        "",
-        "ONNX Runtime: not timed here yet. `pipeline.export` (`stages.export`) now runs the network with ONNX "
-        "Runtime; a row for its forward (batch 1, the exported graph's shape) beside `model forward` is the "
-        "next step.",
     ]
+    onnx = result.get("onnx_runtime")
+    if onnx:
+        lines += [
+            "",
+            f"## ONNX Runtime ({onnx['image_size']} px, batch 1, fp32, {onnx['threads']} threads)",
+            "",
+            "The YOLACT network's forward only (no post-processing), random weights: PyTorch eager (channels-last, "
+            f"no_grad) against its `pipeline.export` graph (opset {onnx['opset']}) in ONNX Runtime's CPU provider with "
+            "the same intra-op threads, timed in turn after the same warm-up, medians. Largest output difference "
+            f"{onnx['largest_difference']:.1e}.",
+            "",
+            "| side | median s | speed-up |",
+            "|---|---:|---:|",
+            f"| PyTorch | {onnx['pytorch']['median_s']:.3f} | 1.00 |",
+            f"| ONNX Runtime | {onnx['onnxruntime']['median_s']:.3f} | {onnx['onnxruntime_vs_pytorch']:.2f} |",
+        ]
     return lines
 
 

@@ -33,6 +33,7 @@ from pipeline.model import build_model
 
 from . import matching as match_bench
 from .evaluation_time import evaluation_breakdown
+from .onnx_runtime import compare_onnx_forward
 from .loader import loader_against_training, training_loader, transform_breakdown, worker_rate
 from .peak import PeakShapes, attainable_peak
 from .profiling import top_ops
@@ -128,6 +129,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
     preset = load(REPO_ROOT / YOLACT_CONFIG, [*YOLACT_OVERRIDES, *(QUICK_OVERRIDES if settings.quick else ())])
     priors = compare_models(preset, settings, device, sections, result, profiles)
+
+    if device.type == "cpu":
+        with sections("ONNX Runtime forward"):
+            result["onnx_runtime"] = compare_onnx_forward(build_model(preset, NUM_CLASSES), preset.input.size,
+                                                          settings.warmup, settings.repeats)
 
     with sections("matching"):
         generator = torch.Generator().manual_seed(1)

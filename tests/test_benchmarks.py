@@ -299,6 +299,9 @@ def test_quick_run_writes_the_reports(tiny_project, tmp_path):
                                           / written["loader"]["default"]["train_images_per_s"])
     assert written["loader"]["gpu_preset"]["worker_images_per_s"] > 0
     assert [row["phase"] for row in written["evaluation"]["phases"]] == list(PHASES)
+    onnx = written["onnx_runtime"]  # the exported graph computes what PyTorch computes, timed alike
+    assert onnx["largest_difference"] < 1e-3 and len(onnx["pytorch"]["seconds"]) == len(onnx["onnxruntime"]["seconds"])
+    assert onnx["onnxruntime_vs_pytorch"] == onnx["pytorch"]["median_s"] / onnx["onnxruntime"]["median_s"]
 
     markdown = (tmp_path / "bench.md").read_text()
     assert all(t.label in markdown and t.key in markdown for t in TARGETS)
@@ -309,4 +312,4 @@ def test_quick_run_writes_the_reports(tiny_project, tmp_path):
         assert sides | {"both"} <= set(described) and all(described.values())
         assert all(f"| {figure} | {side} | {described[side]} |" in markdown for side in sides | {"both"})
     assert ("bf16 is emulated here" in markdown) != written["machine"]["bf16_native"]
-    assert "ONNX Runtime" in markdown and "| total |" in markdown
+    assert "## ONNX Runtime" in markdown and "| total |" in markdown
