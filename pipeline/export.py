@@ -3,7 +3,8 @@
 The graph is the network: ``images [1, 3, S, S]`` (normalised as in evaluation) to the raw outputs
 ``loc``, ``conf``, ``mask``, ``proto`` and ``priors`` of :class:`pipeline.model.Yolact`. Post-processing
 (Fast NMS, mask assembly, resizing to the image) stays in :func:`pipeline.postprocess.detect`, which
-takes ONNX Runtime's outputs as it takes PyTorch's: data-dependent shapes (the detections per class
+takes ONNX Runtime's outputs as it takes PyTorch's (through
+:func:`pipeline.predict.detect_outputs`): data-dependent shapes (the detections per class
 after NMS) do not export cleanly, so :func:`onnx_detections` runs the graph and then ``detect``.
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ from torch import Tensor, nn
 from .config import EvalParams
 from .errors import PipelineError
 from .io import atomic_file
-from .postprocess import Detections, detect
+from .postprocess import Detections
+from .predict import detect_outputs
 
 OUTPUT_NAMES = ("loc", "conf", "mask", "proto", "priors")
 OPSET = 18
@@ -72,7 +74,4 @@ def onnx_outputs(session, images: Tensor) -> dict[str, Tensor]:
 
 def onnx_detections(session, images: Tensor, eval_params: EvalParams, use_focal_loss: bool) -> list[Detections]:
     """:func:`pipeline.postprocess.detect` on the graph's outputs for ``images``."""
-    out = onnx_outputs(session, images)
-    return detect(out["loc"], out["conf"], out["mask"], out["proto"], out["priors"],
-                  score_threshold=eval_params.score_threshold, nms=eval_params.nms, nms_iou=eval_params.nms_iou,
-                  top_k=eval_params.top_k, max_detections=eval_params.max_detections, use_focal_loss=use_focal_loss)
+    return detect_outputs(onnx_outputs(session, images), eval_params, use_focal_loss)
