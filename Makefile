@@ -1,5 +1,6 @@
 # make repro: the whole DVC pipeline; make test: the test suite; make bench: reports/bench.{json,md};
-# make lock: re-resolve pyproject.toml's requirements into requirements.lock.
+# make lock: re-resolve pyproject.toml's requirements into requirements.lock;
+# make mlflow-server: a team MLflow tracking server (README, "Team tracking server").
 # The virtual environment is created on first use from the lock (every distribution pinned and hashed)
 # and reinstalled only when requirements.lock or pyproject.toml changes.
 VENV := .venv
@@ -11,7 +12,7 @@ LOCK := requirements.lock
 UV := uv==0.13.9
 LOCK_FLAGS ?=
 
-.PHONY: repro test bench lock clean-venv
+.PHONY: repro test bench lock clean-venv mlflow-server
 
 # --no-build-isolation: the project builds with the locked setuptools, not whatever the index has today.
 $(INSTALLED): pyproject.toml $(LOCK)
@@ -29,6 +30,22 @@ test: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(PY) -m benchmarks.run
+
+# A database backend store and proxied artifacts (clients upload through the server, no storage
+# credentials on their side). MLFLOW_HOST=0.0.0.0 serves the network; MLFLOW_BACKEND=postgresql://...
+# and MLFLOW_ARTIFACTS=s3://... for a team (README).
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+MLFLOW_WORKERS ?= 4
+MLFLOW_DIR ?= mlflow-server
+MLFLOW_BACKEND ?= sqlite:///$(MLFLOW_DIR)/mlflow.db
+MLFLOW_ARTIFACTS ?= $(MLFLOW_DIR)/artifacts
+MLFLOW ?= $(VENV)/bin/mlflow
+
+mlflow-server: $(INSTALLED)
+	mkdir -p $(MLFLOW_DIR)
+	exec $(MLFLOW) server --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS) \
+		--backend-store-uri $(MLFLOW_BACKEND) --serve-artifacts --artifacts-destination $(MLFLOW_ARTIFACTS)
 
 # Keeps the current pins where pyproject.toml still allows them; LOCK_FLAGS=--upgrade re-resolves
 # everything, LOCK_FLAGS="--upgrade-package dvc" one package. Resolved for this machine's python3.

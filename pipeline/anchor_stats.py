@@ -19,7 +19,7 @@ from torchvision.ops import box_iou
 from .boxes import point_form
 from .config import Params, replace
 from .matching import match_batch
-from .model import build_model
+from .trunk import build_trunk
 
 SIZE_BUCKETS = ("small", "medium", "large")
 
@@ -112,10 +112,11 @@ def anchor_statistics(
 
 
 def feature_sizes(params: Params) -> list[tuple[int, int]]:
-    """FPN feature sizes at ``params.input.size``, from a forward pass on the meta device (no compute)."""
+    """FPN feature sizes at ``params.input.size`` (the same for both architectures), from a forward pass of
+    the trunk on the meta device (no compute)."""
     params = replace(params, **{"model.backbone.pretrained": None})
     size = params.input.size
     with torch.device("meta"):
-        model = build_model(params, num_classes=1)
-        features = model.fpn(model.backbone(torch.empty(1, 3, size, size)))
+        backbone, fpn = build_trunk(params)
+        features = fpn(backbone(torch.empty(1, 3, size, size)))
     return [tuple(f.shape[-2:]) for f in features]

@@ -1,9 +1,10 @@
 """Training checkpoints that only the run that wrote them can resume.
 
 A checkpoint is named and stamped by the provenance of its run: hashes of the project code, of the
-prepared training data and of every param that shapes the weights. A run resumes a checkpoint only when
-all three match, so a code fix, new data under the same ``data.root`` or another param never continues
-old weights; a finished run deletes its checkpoint, so a re-run trains again.
+prepared training data, of every param that shapes the weights and of the weight files it starts from.
+A run resumes a checkpoint only when all four match, so a code fix, new data under the same
+``data.root``, another param or a replaced file under the same weights path never continues old
+weights; a finished run deletes its checkpoint, so a re-run trains again.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .config import Params, to_dict
+from .config import Params, flatten, resolve_path, to_dict
 from .data import annotations_path, image_dir, read_label_map
 from .errors import PipelineError
 from .io import atomic_file
@@ -23,6 +24,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CODE_DIRS = (PACKAGE_DIR, PACKAGE_DIR.parent / "stages")
 # Params that cannot change the weights: how often to save and log.
 _NOT_SHAPING_WEIGHTS = ("checkpoint_every", "log_every")
+WEIGHT_FILE_PARAMS = ("model.backbone.pretrained", "model.init_from")
 
 
 def code_hash(dirs: tuple[Path, ...] = CODE_DIRS) -> str:
@@ -59,9 +61,24 @@ def params_hash(params: Params) -> str:
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def weights_hash(params: Params) -> str:
+    """A hash of the content of the weight files the model starts from (``WEIGHT_FILE_PARAMS``), by param."""
+    digest = hashlib.sha256()
+    flat = flatten(params)
+    for key in WEIGHT_FILE_PARAMS:
+        if flat[key] is not None:
+            content = hashlib.sha256()
+            with open(resolve_path(flat[key]), "rb") as file:
+                for chunk in iter(lambda: file.read(1 << 20), b""):
+                    content.update(chunk)
+            digest.update(f"{key}:{content.hexdigest()}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def provenance(params: Params, prepared_dir: Path) -> dict[str, str]:
-    """``{"code", "data", "params"}`` hashes of a training run."""
-    return {"code": code_hash(), "data": data_hash(prepared_dir), "params": params_hash(params)}
+    """``{"code", "data", "params", "weights"}`` hashes of a training run."""
+    return {"code": code_hash(), "data": data_hash(prepared_dir), "params": params_hash(params),
+            "weights": weights_hash(params)}
 
 
 def checkpoint_path(checkpoint_dir: Path, run_provenance: dict[str, str]) -> Path:

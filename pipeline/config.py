@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import os
 import re
 import types
 import typing
@@ -22,6 +24,7 @@ FPN_LEVELS = 5
 SYNTHETIC_ROOT = "data/synthetic"  # the generate stage's output
 SYNTHETIC_SPLITS = {"train_split": "train", "val_split": "val", "test_split": "test"}
 SYNTHETIC_MAX_IMAGES = 10_000_000  # per split, so that synthetic image ids stay unique across splits
+WEIGHTS_DIR = "weights"  # local weight files (model.backbone.pretrained, model.init_from); a dep of training
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # names that reach a shell command through dvc.yaml
 
 
@@ -114,10 +117,35 @@ class HeadParams:
 
 
 @dataclass(frozen=True)
+class MaskRCNNParams:
+    """torchvision's RPN and RoI heads (``model.arch: mask_rcnn``). The defaults are the CPU setting of
+    ``params.yaml`` (160 px, a few objects per image: fewer proposals, RoIs and channels); torchvision's
+    standard values are in ``configs/mask_rcnn_r50_fpn_coco.yaml``. The RoI heads' matching thresholds are
+    ``loss.pos_iou`` / ``loss.neg_iou``."""
+
+    rpn_fg_iou: float = 0.7              # an anchor is foreground from this IoU with a ground truth
+    rpn_bg_iou: float = 0.3              # background below it (in between: ignored)
+    rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN losses
+    rpn_positive_fraction: float = 0.5
+    rpn_pre_nms_top_n_train: int = 1000  # best-scored anchors per FPN level before NMS (standard 2000)
+    rpn_pre_nms_top_n_test: int = 500    # (standard 1000)
+    rpn_post_nms_top_n_train: int = 500  # proposals per image after NMS (standard 2000)
+    rpn_post_nms_top_n_test: int = 300   # (standard 1000)
+    rpn_nms_iou: float = 0.7
+    box_batch_size_per_image: int = 128  # RoIs sampled per image for the box and class losses (standard 512)
+    box_positive_fraction: float = 0.25
+    representation_size: int = 256       # width of the box head's two fully connected layers (standard 1024)
+    mask_head_channels: int = 64         # width of the mask head's four 3x3 convs and its deconv (standard 256)
+
+
+@dataclass(frozen=True)
 class ModelParams:
+    arch: Literal["yolact", "mask_rcnn"] = "yolact"  # mask_rcnn: torchvision's Mask R-CNN on the same ResNet-FPN
     backbone: BackboneParams = field(default_factory=BackboneParams)
     fpn: FPNParams = field(default_factory=FPNParams)
     head: HeadParams = field(default_factory=HeadParams)
+    init_from: Optional[str] = None      # a checkpoint of the original YOLACT under weights/ (pipeline.released)
+    mask_rcnn: MaskRCNNParams = field(default_factory=MaskRCNNParams)
 
 
 @dataclass(frozen=True)
@@ -165,6 +193,7 @@ class TrainParams:
     log_every: int = 1
     eval_every: int = 0                  # validate on the val split every N iterations (0: off)
     keep_best: bool = False              # save the weights with the best val mask AP, not the last
+    sync_bn: bool = False                # SyncBatchNorm across DDP processes (CUDA only)
 
 
 @dataclass(frozen=True)
@@ -223,6 +252,20 @@ class Params:
     eval: EvalParams = field(default_factory=EvalParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
     ablation: AblationParams = field(default_factory=AblationParams)
+
+
+# Keys that only one model.arch reads and whose value changes what it computes. Under the other architecture
+# each must keep its default, since another value would be silently ignored. (model.head.num_prototypes only
+# sizes YOLACT's prototype head and is not checked.)
+ARCH_ONLY_KEYS: dict[str, tuple[str, ...]] = {
+    "yolact": (
+        "model.init_from", "model.head.semantic_segmentation",
+        "loss.crowd_iou", "loss.ohem_negpos_ratio", "loss.use_focal_loss", "loss.focal_alpha", "loss.focal_gamma",
+        "loss.focal_init_pi", "loss.box_weight", "loss.conf_weight", "loss.mask_weight", "loss.semantic_weight",
+        "loss.masks_to_train", "eval.nms", "eval.top_k",
+    ),
+    "mask_rcnn": tuple(f"model.mask_rcnn.{f.name}" for f in dataclasses.fields(MaskRCNNParams)),
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -434,8 +477,13 @@ def validate(params: Params, base_dir: Path = REPO_ROOT) -> None:
         0 <= i <= 3 for i in bb.out_indices
     ):
         raise ConfigError("model.backbone.out_indices", "must be increasing stage indices in 0..3")
-    if bb.pretrained is not None and not _resolve(bb.pretrained, base_dir).is_file():
-        raise ConfigError("model.backbone.pretrained", f"file not found: {bb.pretrained}")
+    if bb.pretrained is not None:
+        _weights_file("model.backbone.pretrained", bb.pretrained, base_dir)
+    if params.model.init_from is not None:
+        _weights_file("model.init_from", params.model.init_from, base_dir)
+        if bb.pretrained is not None:
+            raise ConfigError("model.init_from", "sets every weight, the backbone's too: "
+                                                 "set model.backbone.pretrained to null")
 
     fpn = params.model.fpn
     _positive("model.fpn.out_channels", fpn.out_channels)
@@ -471,12 +519,14 @@ def validate(params: Params, base_dir: Path = REPO_ROOT) -> None:
     _positive("loss.masks_to_train", loss.masks_to_train)
 
     train = params.train
-    for key in ("batch_size", "iterations", "lr", "checkpoint_every", "log_every", "lr_gamma"):
+    for key in ("batch_size", "lr", "checkpoint_every", "log_every", "lr_gamma"):
         _positive(f"train.{key}", getattr(train, key))
+    _non_negative("train.iterations", train.iterations)  # 0: save the initial weights (model.init_from) as they are
     _non_negative("train.warmup_iterations", train.warmup_iterations)
     _non_negative("train.eval_every", train.eval_every)
-    if train.keep_best and not train.eval_every:
-        raise ConfigError("train.keep_best", "needs validation during training: set train.eval_every > 0")
+    if train.keep_best and not (train.eval_every and train.iterations):
+        raise ConfigError("train.keep_best", "needs validation during training: set train.eval_every > 0 "
+                                             "and train.iterations > 0")
     _positive("train.warmup_lr", train.warmup_lr)
     _non_negative("train.momentum", train.momentum)
     if train.momentum >= 1:
@@ -488,6 +538,8 @@ def validate(params: Params, base_dir: Path = REPO_ROOT) -> None:
         raise ConfigError("train.lr_steps", "must be increasing positive iterations")
     if train.lr_schedule == "cosine" and train.lr_steps:
         raise ConfigError("train.lr_steps", "unused with train.lr_schedule: cosine; set it to []")
+    if train.sync_bn and train.device == "cpu":
+        raise ConfigError("train.sync_bn", "SyncBatchNorm needs CUDA; set it to false with train.device: cpu")
 
     ev = params.eval
     _positive("eval.batch_size", ev.batch_size)
@@ -499,6 +551,10 @@ def validate(params: Params, base_dir: Path = REPO_ROOT) -> None:
     _non_negative("eval.num_visualize", ev.num_visualize)
     if ev.bootstrap_resamples < 1000:
         raise ConfigError("eval.bootstrap_resamples", f"must be at least 1000, got {ev.bootstrap_resamples}")
+
+    _validate_mask_rcnn(params)
+    for arch, keys in ARCH_ONLY_KEYS.items():
+        _keep_defaults(params, keys, arch)
 
     if not params.mlflow.experiment:
         raise ConfigError("mlflow.experiment", "must not be empty")
@@ -549,6 +605,32 @@ def grid_cell_name(pos_iou: float, neg_iou: float, scales: str) -> str:
     return f"p{pos_iou:g}-n{neg_iou:g}-{scales}"
 
 
+def _validate_mask_rcnn(params: Params) -> None:
+    mr = params.model.mask_rcnn
+    prefix = "model.mask_rcnn."
+    _validate_thresholds(f"{prefix}rpn_fg_iou", mr.rpn_fg_iou, f"{prefix}rpn_bg_iou", mr.rpn_bg_iou)
+    for key in ("rpn_positive_fraction", "box_positive_fraction", "rpn_nms_iou"):
+        _in_unit(prefix + key, getattr(mr, key), hi_closed=True)
+    for key in ("rpn_batch_size_per_image", "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test",
+                "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test", "box_batch_size_per_image",
+                "representation_size", "mask_head_channels"):
+        _positive(prefix + key, getattr(mr, key))
+    if params.model.arch == "mask_rcnn" and params.model.fpn.num_outs < 2:
+        raise ConfigError("model.fpn.num_outs", "must be at least 2 with model.arch mask_rcnn (RoIAlign pools from "
+                                                "every level but the coarsest, which only the RPN sees)")
+
+
+def _keep_defaults(params: Params, keys: tuple[str, ...], arch: str) -> None:
+    """Keys of ``arch`` must keep their defaults under another ``model.arch``."""
+    if params.model.arch == arch:
+        return
+    flat, defaults = flatten(params), flatten(Params())
+    for key in keys:
+        if flat[key] != defaults[key]:
+            raise ConfigError(key, f"applies to model.arch {arch} only; keep its default ({json.dumps(defaults[key])}) "
+                                   f"with model.arch {params.model.arch}")
+
+
 def _validate_thresholds(pos_key: str, pos: float, neg_key: str, neg: float) -> None:
     _in_unit(pos_key, pos)
     _in_unit(neg_key, neg)
@@ -572,6 +654,16 @@ def _positive(key: str, value: float) -> None:
 def _non_negative(key: str, value: float) -> None:
     if not value >= 0:
         raise ConfigError(key, f"must be non-negative, got {value}")
+
+
+def _weights_file(key: str, path: str, base_dir: Path) -> None:
+    """A weights file must exist under ``weights/``, the directory the training stages declare as a dep."""
+    weights_dir = os.path.abspath(base_dir / WEIGHTS_DIR)
+    if not os.path.abspath(_resolve(path, base_dir)).startswith(weights_dir + os.sep):
+        raise ConfigError(key, f"must be a file under {WEIGHTS_DIR}/ (a declared input of the training stages), "
+                               f"got {path}")
+    if not _resolve(path, base_dir).is_file():
+        raise ConfigError(key, f"file not found: {path}")
 
 
 def _resolve(path: str, base_dir: Path) -> Path:

@@ -4,7 +4,7 @@ The graph is the network: ``images [1, 3, S, S]`` (normalised as in evaluation) 
 ``loc``, ``conf``, ``mask``, ``proto`` and ``priors`` of :class:`pipeline.model.Yolact`. Post-processing
 (Fast NMS, mask assembly, resizing to the image) stays in :func:`pipeline.postprocess.detect`, which
 takes ONNX Runtime's outputs as it takes PyTorch's (through
-:func:`pipeline.predict.detect_outputs`): data-dependent shapes (the detections per class
+:func:`pipeline.networks.detect_outputs`): data-dependent shapes (the detections per class
 after NMS) do not export cleanly, so :func:`onnx_detections` runs the graph and then ``detect``.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from .config import EvalParams
 from .errors import PipelineError
 from .io import atomic_file
+from .networks import detect_outputs
 from .postprocess import Detections
-from .predict import detect_outputs
 
 OUTPUT_NAMES = ("loc", "conf", "mask", "proto", "priors")
 OPSET = 18

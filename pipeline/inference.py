@@ -16,8 +16,8 @@ from .config import EvalParams, InputParams, Params, from_dict, replace
 from .data import annotations_path, build_transforms, collate, ground_truth_path, image_dir, read_rgb
 from .errors import PipelineError
 from .evaluation import IOU_TYPES, CocoEvaluation, coco_evaluate, coco_results, load_coco
-from .model import build_model
-from .postprocess import Detections, detect, to_image
+from .networks import build_network, network_of
+from .postprocess import Detections, to_image
 
 
 @dataclass
@@ -46,8 +46,9 @@ def load_model(path: str | Path, device: torch.device) -> TrainedModel:
     """Rebuild a trained model from a ``model.pt`` the train stage wrote."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        params = replace(from_dict(payload["params"]), **{"model.backbone.pretrained": None})
-        model = build_model(params, num_classes=len(payload["label_map"]))
+        # The saved weights replace whatever the run started from: its weight files are not needed.
+        params = replace(from_dict(payload["params"]), **{"model.backbone.pretrained": None, "model.init_from": None})
+        model = build_network(params, num_classes=len(payload["label_map"]))
         model.load_state_dict(payload["state_dict"])
     except FileNotFoundError:
         raise PipelineError(f"{path}: model file not found") from None
@@ -92,8 +93,9 @@ def predict(
     keep_examples: int = 0,
     progress: bool = True,
 ) -> Predictions:
-    """Run ``model`` over ``loader`` and turn its detections into COCO result records."""
+    """Run ``model`` (either architecture) over ``loader`` and turn its detections into COCO result records."""
     model.eval()
+    net = network_of(model)
     results: dict[str, list[dict]] = {t: [] for t in IOU_TYPES}
     examples: list[tuple[int, Detections]] = []
     image_ids: list[int] = []
@@ -105,12 +107,7 @@ def predict(
         batches = tqdm(loader, desc="predict", unit="batch", mininterval=1.0, dynamic_ncols=True)
     for images, targets in batches:
         start = time.perf_counter()
-        out = model(images.to(device))
-        detections = detect(
-            out["loc"], out["conf"], out["mask"], out["proto"], out["priors"],
-            score_threshold=eval_params.score_threshold, nms=eval_params.nms, nms_iou=eval_params.nms_iou,
-            top_k=eval_params.top_k, max_detections=eval_params.max_detections, use_focal_loss=use_focal_loss,
-        )
+        detections = net.detect(model, images.to(device), eval_params, use_focal_loss)
         network_done = time.perf_counter()
         in_pixels = [to_image(det, *t["orig_size"], eval_params.mask_threshold) for det, t in zip(detections, targets)]
         for det, target in zip(in_pixels, targets):

@@ -8,10 +8,12 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.anchors import make_priors, num_anchors_per_location
-from pipeline.backbone import ResNet, load_torchvision_weights
+from pipeline.backbone import ResNet
 from pipeline.config import Params, resolve_path
 from pipeline.fpn import FPN
 from pipeline.heads import PredictionHead, ProtoNet, SemanticHead
+from pipeline.released import check_params, load_released
+from pipeline.trunk import build_trunk
 
 
 class Yolact(nn.Module):
@@ -76,40 +78,16 @@ class Yolact(nn.Module):
 
 
 def build_model(params: Params, num_classes: int) -> Yolact:
-    """YOLACT from ``params.model``, ``params.anchors`` and ``params.loss`` (focal bias init).
+    """YOLACT from ``params.model``, ``params.anchors`` and ``params.loss`` (focal bias init); the
+    ``model.arch`` of params is not read (:func:`pipeline.networks.build_network` builds either architecture).
 
     ``num_classes`` excludes background. A ``model.backbone.pretrained`` file (torchvision resnetNN state
-    dict; relative paths from the repository root) is loaded into the backbone.
+    dict; relative paths from the repository root) is loaded into the backbone; a ``model.init_from``
+    file (a checkpoint of the original YOLACT, :mod:`pipeline.released`) into the whole model.
     """
-    bb = params.model.backbone
-    backbone = ResNet(
-        depth=bb.depth,
-        base_channels=bb.base_channels,
-        style=bb.style,
-        deep_stem=bb.deep_stem,
-        avg_down=bb.avg_down,
-        frozen_stages=bb.frozen_stages,
-        norm_eval=bb.norm_eval,
-        with_cp=bb.with_cp,
-        zero_init_residual=bb.zero_init_residual,
-        strides=bb.strides,
-        dilations=bb.dilations,
-        out_indices=bb.out_indices,
-    )
-    if bb.pretrained is not None:
-        load_torchvision_weights(backbone, resolve_path(bb.pretrained))
-    fp = params.model.fpn
-    fpn = FPN(
-        backbone.out_channels,
-        fp.out_channels,
-        fp.num_outs,
-        start_level=fp.start_level,
-        end_level=fp.end_level,
-        add_extra_convs=fp.add_extra_convs,
-        relu_before_extra_convs=fp.relu_before_extra_convs,
-        relu_on_outputs=fp.relu_on_outputs,
-        upsample_mode=fp.upsample_mode,
-    )
+    if params.model.init_from is not None:
+        check_params(params)
+    backbone, fpn = build_trunk(params)
     model = Yolact(
         backbone,
         fpn,
@@ -122,6 +100,8 @@ def build_model(params: Params, num_classes: int) -> Yolact:
     )
     if params.loss.use_focal_loss:
         model.head.init_focal_bias(params.loss.focal_init_pi)
+    if params.model.init_from is not None:
+        load_released(model, resolve_path(params.model.init_from))
     return model
 
 

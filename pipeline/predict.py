@@ -27,7 +27,8 @@ from .distributed import select_device
 from .errors import PipelineError
 from .evaluation import coco_results
 from .inference import TrainedModel, load_model
-from .postprocess import Detections, detect, to_image
+from .networks import network_of
+from .postprocess import to_image
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -79,7 +80,8 @@ class Predictor:
         rgb = to_rgb(image)
         height, width = rgb.shape[-2:]
         batch = self.transform(tv_tensors.Image(rgb))[None].to(self.device)
-        (det,) = detect_outputs(self.trained.model(batch), self.eval_params, self.trained.params.loss.use_focal_loss)
+        model = self.trained.model
+        (det,) = network_of(model).detect(model, batch, self.eval_params, self.trained.params.loss.use_focal_loss)
         pixels = {k: v.cpu() for k, v in to_image(det, height, width, self.eval_params.mask_threshold).items()}
         return Prediction(pixels["boxes"], pixels["labels"], pixels["scores"], pixels["masks"],
                           self.class_names, self.trained.category_ids)
@@ -88,14 +90,6 @@ class Predictor:
         """COCO result records of one image, box and RLE mask in each (``COCO.loadRes`` reads either)."""
         both = coco_results(image_id, prediction.as_dict(), prediction.category_ids)
         return [{**box, "segmentation": mask["segmentation"]} for box, mask in zip(both["bbox"], both["segm"])]
-
-
-def detect_outputs(out: dict[str, Tensor], eval_params: EvalParams, use_focal_loss: bool) -> list[Detections]:
-    """:func:`pipeline.postprocess.detect` on a network output dict with the thresholds of ``eval_params``."""
-    ep = eval_params
-    return detect(out["loc"], out["conf"], out["mask"], out["proto"], out["priors"],
-                  score_threshold=ep.score_threshold, nms=ep.nms, nms_iou=ep.nms_iou, top_k=ep.top_k,
-                  max_detections=ep.max_detections, use_focal_loss=use_focal_loss)
 
 
 def to_rgb(image: ImageInput) -> Tensor:

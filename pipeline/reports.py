@@ -94,16 +94,16 @@ def box_sizes_figure(
 
 
 def training_curves_figure(log_csv: Path, path: Path) -> None:
-    """The loss terms (log scale, so the warm-up spike does not flatten the rest) and, when validation
-    ran, val box and mask AP against the iteration."""
+    """The loss and its terms, whichever the architecture logs (log scale, so the warm-up spike does not
+    flatten the rest) and, when validation ran, val box and mask AP against the iteration."""
     plt = _figure()
     log = pd.read_csv(log_csv)
     validated = [c for c in ("val_bbox_AP", "val_segm_AP") if c in log and log[c].notna().any()]
     fig, axes = plt.subplots(1, 2 if validated else 1, figsize=(11 if validated else 6, 4), squeeze=False)
     loss_ax = axes[0][0]
-    for column in ("loss", "box", "conf", "mask", "semantic"):
-        if column in log:
-            loss_ax.plot(log["iteration"], log[column].clip(lower=1e-6), label=column, linewidth=1)
+    columns = list(log.columns)
+    for column in columns[columns.index("loss"):columns.index("images_per_s")]:  # the log's loss columns
+        loss_ax.plot(log["iteration"], log[column].clip(lower=1e-6), label=column, linewidth=1)
     loss_ax.set_yscale("log")
     loss_ax.set_xlabel("iteration")
     loss_ax.set_title("training loss")

@@ -55,5 +55,11 @@ class SampleStream:
             iteration += 1
 
 
+def step_seed(seed: int, iteration: int, dist_info: Dist) -> int:
+    """The seed of what a training step of this process draws at random besides its data (Mask R-CNN's
+    proposal and RoI sampling), by ``(seed, iteration, rank)`` as the augmentation is by sample position."""
+    return (seed * 1_000_003 + iteration) * dist_info.world_size + dist_info.rank
+
+
 def worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)

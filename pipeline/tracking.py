@@ -1,9 +1,11 @@
-"""MLflow tracking: the only module that knows MLflow.
+"""MLflow tracking: stages receive a :class:`Run` and call ``log_metrics`` / ``log_artifact``.
 
-Stages receive a :class:`Run` and call ``log_metrics`` / ``log_artifact``; when the store cannot be
-reached the run goes offline (the stage still completes and says the run was not logged) unless
-``mlflow.required`` is set. Writes to a shared SQLite store are retried, so experiments running at
-once (``dvc queue start -j 2``) never lose a run.
+No run is lost: a run journals what it logs to a spool entry in the user's repository
+(:mod:`pipeline.spool`); when the store cannot be reached, or fails mid-run, the stage still completes
+and the run waits in the spool until ``python -m stages.sync`` (or the start of the next stage) replays
+it (:mod:`pipeline.sync`). ``mlflow.required`` fails fast instead. Writes to a shared SQLite store are
+retried, so experiments running at once (``dvc queue start -j 2``) never lose a run. MLflow itself is
+known only here, in :mod:`pipeline.sync` and in :mod:`pipeline.registry` (the registered model).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from .config import REPO_ROOT, MlflowParams, Params, flatten
 from .errors import PipelineError
+from .spool import GROUP_REF, REF_TAGS, SPOOL_REF, SpoolEntry, pending_entries, spool_dir, synced_run_id
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -52,88 +55,176 @@ def fingerprint(paths: Iterable[Path]) -> str:
 
 
 class Run:
-    """One MLflow run. Every method is safe to call when offline (``run_id is None``)."""
+    """One MLflow run. Everything it logs is journaled to its spool entry (:mod:`pipeline.spool`) and, while
+    the server answers, sent to it; after a failure (or from the start, if the store was unreachable) the
+    run goes on in the spool alone and ``python -m stages.sync`` sends it later. Every method is safe to
+    call on a disabled run (no client and no entry: a non-zero rank)."""
 
-    def __init__(self, client: Any, run_id: str | None, uri: str, required: bool, quiet: bool = False,
-                 parent_run_id: str | None = None):
+    def __init__(self, client: Any, uri: str, required: bool, entry: SpoolEntry | None = None,
+                 root: Path | None = None, run_id: str | None = None, parent_run_id: str | None = None,
+                 quiet: bool = False, offline_reason: str | None = None):
         self._client = client
+        self._entry = entry
+        self._root = root
         self._quiet = quiet
-        self.run_id = run_id
-        self.parent_run_id = parent_run_id
-        self.uri = uri
         self._required = required
+        self.uri = uri
+        self.run_id = run_id  # on the server (also after an outage: the sync completes it), else None
+        self.parent_run_id = parent_run_id  # the group's parent: a server id, or group:<key> when offline
         self._metrics: list[Any] = []
-        self.offline_reason: str | None = None if run_id else "tracking disabled"
+        self.offline_reason = offline_reason
+        self._pending = client is None  # the server lacks something of the journal
+
+    @classmethod
+    def disabled(cls) -> "Run":
+        return cls(None, "", required=False, quiet=True, offline_reason="tracking disabled")
 
     @property
     def online(self) -> bool:
-        return self.run_id is not None
+        """Logging to the server right now."""
+        return self._client is not None and self.offline_reason is None
+
+    @property
+    def ref(self) -> str | None:
+        """How other runs refer to this one (the evaluate stage to its model's train run): the server run
+        id, or ``spool:<id>`` for a run that exists only in the spool until it is synced."""
+        return self.run_id or (self._entry.ref if self._entry else None)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        values = {k: _param_value(v) for k, v in params.items()}
+        self._journal({"op": "params", "params": values})
+        items = [Param(k, v) for k, v in values.items()]
         for start in range(0, len(items), 100):
-            self._call(lambda c=items[start : start + 100]: self._client.log_batch(self.run_id, params=c))
+            self._send(lambda c=items[start : start + 100]: self._client.log_batch(self.run_id, params=c),
+                       self.run_id)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        self._metrics += [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        points = [[k, float(v), now, step or 0] for k, v in metrics.items()]
+        self._journal({"op": "metrics", "run": None, "points": points})
+        self._metrics += points
         if len(self._metrics) >= _METRIC_BUFFER:
             self.flush()
 
     def flush(self) -> None:
-        pending, self._metrics = self._metrics, []
+        from mlflow.entities import Metric
+
+        pending, self._metrics = [Metric(*p) for p in self._metrics], []
         for start in range(0, len(pending), 1000):
-            self._call(lambda c=pending[start : start + 1000]: self._client.log_batch(self.run_id, metrics=c))
+            self._send(lambda c=pending[start : start + 1000]: self._client.log_batch(self.run_id, metrics=c),
+                       self.run_id)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
-        self._call(lambda: self._client.log_batch(self.run_id, tags=items))
+        values = {k: str(v) for k, v in tags.items()}
+        resolved = {k: (self._resolve(v) if k in REF_TAGS else v) for k, v in values.items()}
+        self._journal({"op": "tags", "run": None,
+                       "tags": {k: resolved[k] or values[k] for k in values}})
+        sendable = [RunTag(k, v) for k, v in resolved.items() if v is not None]
+        self._pending |= len(sendable) < len(resolved)
+        if sendable:
+            self._send(lambda: self._client.log_batch(self.run_id, tags=sendable), self.run_id)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        path = Path(path)
-        if not path.exists():
-            return
-        if path.is_dir():
-            self._call(lambda: self._client.log_artifacts(self.run_id, str(path), artifact_path))
-        else:
-            self._call(lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
+        self._artifact(None, Path(path), artifact_path)
 
-    def log_to(self, run_id: str, metrics: dict[str, float], artifacts: Iterable[tuple[str, str]] = ()) -> None:
-        """Log metrics and ``(path, artifact_path)`` artifacts into another run: the evaluation of a
-        model into the model's training run, so that one run holds the whole story of that model."""
+    def log_to(self, ref: str, metrics: dict[str, float], artifacts: Iterable[tuple[str, str]] = ()) -> None:
+        """Log metrics and ``(path, artifact_path)`` artifacts into another run (``ref``: a server run id,
+        ``spool:<id>`` or ``group:<key>``): the evaluation of a model into the model's training run, so
+        that one run holds the whole story of that model."""
         from mlflow.entities import Metric
 
+        target = self._resolve(ref)
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-        self._call(lambda: self._client.log_batch(run_id, metrics=batch))
+        points = [[k, float(v), now, 0] for k, v in metrics.items()]
+        if points:
+            self._journal({"op": "metrics", "run": target or ref, "points": points})
+            self._send(lambda: self._client.log_batch(target, metrics=[Metric(*p) for p in points]), target)
         for path, artifact_path in artifacts:
-            if Path(path).is_dir():
-                self._call(lambda: self._client.log_artifacts(run_id, str(path), artifact_path))
-            elif Path(path).is_file():
-                self._call(lambda: self._client.log_artifact(run_id, str(path), artifact_path))
+            self._artifact(ref, Path(path), artifact_path)
 
-    def end_other(self, run_id: str, status: str) -> None:
+    def end_other(self, ref: str, status: str) -> None:
         """Mark another run (a parent this run logged into) as ended."""
-        self._call(lambda: self._client.set_terminated(run_id, status))
+        target = self._resolve(ref)
+        self._journal({"op": "end", "run": target or ref, "status": status, "end_time": int(time.time() * 1000)})
+        self._send(lambda: self._client.set_terminated(target, status), target)
+
+    def log_model(self, checkpoint: Path) -> None:
+        """Log a trained checkpoint as this run's MLflow model and register it as a version of ``yolact``
+        (tagged ``dvc_exp`` under ``dvc exp run``); a spooled run's version is registered when it is synced."""
+        from . import registry
+
+        tags = {"dvc_exp": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {}
+        done = self._send(lambda: registry.register_model(self._client, self.run_id, Path(checkpoint), tags),
+                          self.run_id)
+        if done:
+            print(f"MLflow: registered model {registry.MODEL_NAME} v{done.version}", file=sys.stderr)
+        elif self._entry is not None and Path(checkpoint).is_file():
+            (stored,) = self._entry.store(Path(checkpoint), None)
+            self._journal({"op": "model", "checkpoint": stored[1], "tags": tags})
+
+    def model_evaluated(self, model_ref: str | None, metrics: dict[str, float]) -> str:
+        """Tag the registered version of the model trained by run ``model_ref`` with its test AP and move the
+        alias ``champion`` to it if it beats the champion; one line saying what happened."""
+        from . import registry
+
+        if not model_ref:
+            return (f"registered model: the model has no MLflow run, hence no {registry.MODEL_NAME} version; "
+                    "champion unchanged")
+        wanted = {k: metrics.get(k) for k in registry.VERSION_METRICS}
+        target = self._resolve(model_ref)
+        lock = _registry_lock(self._root or main_repo_root())
+        message = self._send(lambda: registry.record_evaluation(self._client, target, wanted, lock), target)
+        if message:
+            return message
+        self._journal({"op": "evaluated", "model_run": target or model_ref, "metrics": wanted})
+        return "registered model: the champion is decided when the spooled run is synced (python -m stages.sync)"
 
     def end(self, status: str) -> None:
         self.flush()
-        self._call(lambda: self._client.set_terminated(self.run_id, status))
+        self._journal({"op": "end", "run": None, "status": status, "end_time": int(time.time() * 1000)})
+        self._send(lambda: self._client.set_terminated(self.run_id, status), self.run_id)
+        if self._entry is not None:
+            if self._pending:
+                self._entry.release()
+            else:
+                self._entry.remove()
         if self._quiet:
             return
-        if self.online:
+        if not self._pending:
             print(f"MLflow: run {self.run_id} logged to {self.uri}", file=sys.stderr)
+        elif self._entry is not None:
+            reason = self.offline_reason or "it refers to a spooled run not synced yet"
+            print(f"WARNING: MLflow run not logged to {self.uri} ({reason}): spooled to {self._entry.path}; "
+                  "`python -m stages.sync` sends it once the server is reachable (the next stage does too)",
+                  file=sys.stderr)
         else:
             print(f"WARNING: MLflow run NOT logged ({self.offline_reason})", file=sys.stderr)
 
-    def _call(self, fn: Callable[[], T]) -> T | None:
-        if not self.online:
+    def _journal(self, record: dict[str, Any]) -> None:
+        if self._entry is not None:
+            self._entry.append(record)
+
+    def _resolve(self, ref: str | None) -> str | None:
+        """The server run id of a reference, or None while it is only in the spool."""
+        if ref is None:
+            return None
+        if self._entry is not None and ref == self._entry.ref:
+            return self.run_id
+        if ref.startswith(SPOOL_REF):
+            return synced_run_id(self._root, ref[len(SPOOL_REF) :]) if self._root else None
+        if ref.startswith(GROUP_REF):
+            return None
+        return ref
+
+    def _send(self, fn: Callable[[], T], target: str | None) -> T | None:
+        """Call the server about run ``target``; on failure go on in the spool (or raise, with
+        ``mlflow.required``). ``target`` None: that run is not on the server yet, so it waits for the sync."""
+        if not self.online or target is None:
+            self._pending = True
             return None
         try:
             return _retry(fn)
@@ -141,9 +232,22 @@ class Run:
             if self._required:
                 raise PipelineError(f"mlflow: logging to {self.uri} failed: {_one_line(err)}") from err
             self.offline_reason = f"{self.uri} failed mid-run: {_one_line(err)}"
-            print(f"WARNING: MLflow logging stopped: {self.offline_reason}", file=sys.stderr)
-            self.run_id = None
+            self._pending = True
+            where = f"; spooling to {self._entry.path}" if self._entry else ""
+            print(f"WARNING: MLflow logging stopped: {self.offline_reason}{where}", file=sys.stderr)
             return None
+
+    def _artifact(self, ref: str | None, path: Path, artifact_path: str | None) -> None:
+        if not path.exists():
+            return
+        target = self.run_id if ref is None else self._resolve(ref)
+        if path.is_dir():
+            sent = self._send(lambda: self._client.log_artifacts(target, str(path), artifact_path) or True, target)
+        else:
+            sent = self._send(lambda: self._client.log_artifact(target, str(path), artifact_path) or True, target)
+        if not sent and self._entry is not None:
+            files = self._entry.store(path, artifact_path)
+            self._journal({"op": "artifact", "run": None if ref is None else (target or ref), "files": files})
 
 
 def start_run(
@@ -153,32 +257,44 @@ def start_run(
     tags: dict[str, Any] | None = None,
     parent: tuple[str, str] | None = None,
 ) -> Run:
-    """Open a run with all params (dotted) and the standard tags; offline if the store is unreachable.
+    """Open a run with all params (dotted) and the standard tags; spooled if the store is unreachable.
 
     ``parent = (key, name)`` nests the run under the run of the experiment tagged ``group_key=key``,
-    created (named ``name``) by the first run of the group.
+    created (named ``name``) by the first run of the group. When the store is reachable, runs spooled
+    earlier are synced first.
     """
     settings: MlflowParams = params.mlflow
     if int(os.environ.get("RANK", "0")) != 0:
-        return Run(None, None, "", required=False, quiet=True)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    uri = resolve_tracking_uri(settings.tracking_uri)
+        return Run.disabled()
+    _client_settings()
+    root = main_repo_root()
+    uri = resolve_tracking_uri(settings.tracking_uri, root)
     experiment = experiment or settings.experiment
     exp_name = os.environ.get("DVC_EXP_NAME")
+    run_name = f"{stage} · {exp_name}" if exp_name else stage
+    header = {"uri": uri, "experiment": experiment, "run_name": run_name, "parent": list(parent) if parent else None,
+              "start_time": int(time.time() * 1000)}
+    entry = None
     try:
-        client, run_id, parent_id = _create_run(uri, experiment, f"{stage} · {exp_name}" if exp_name else stage, parent)
+        client, exp_id = _open_experiment(uri, experiment, root)
+        _sync_quietly(client, uri, root)
+        entry = None if settings.required else SpoolEntry.create(root, header)
+        run_id, parent_id = _create_run(client, uri, exp_id, run_name, parent, entry)
     except Exception as err:
         if settings.required:
             raise PipelineError(
                 f"mlflow: tracking store {uri} unreachable ({_one_line(err)}) and mlflow.required is true"
             ) from err
-        print(f"WARNING: MLflow store {uri} unreachable: {_one_line(err)}; continuing without tracking",
+        entry = entry or SpoolEntry.create(root, header)
+        print(f"WARNING: MLflow store {uri} unreachable: {_one_line(err)}; spooling the run to {entry.path}",
               file=sys.stderr)
-        run = Run(None, None, uri, required=False)
-        run.offline_reason = f"store {uri} unreachable"
-        return run
-    run = Run(client, run_id, uri, settings.required, parent_run_id=parent_id)
+        run = Run(None, uri, False, entry, root, parent_run_id=f"{GROUP_REF}{parent[0]}" if parent else None,
+                  offline_reason=f"store {uri} unreachable")
+        parent_id = run.parent_run_id
+    else:
+        run = Run(client, uri, settings.required, entry, root, run_id=run_id, parent_run_id=parent_id)
+        if entry is not None:
+            entry.append({"op": "created", "run_id": run_id})
     import torch
 
     from .provenance import git_state
@@ -197,6 +313,40 @@ def start_run(
     return run
 
 
+def sync_spool(uri: str, root: Path | None = None, client: Any = None) -> Any:
+    """Replay every run spooled for ``uri`` (:func:`pipeline.sync.sync_pending`); raises if unreachable."""
+    from .sync import sync_pending
+
+    _client_settings()
+    root = root or main_repo_root()
+    try:
+        client, _ = _open_experiment(uri, None, root, client)
+
+        def group_run(exp_id: str, key: str, name: str) -> str:
+            with _store_lock(uri):
+                return _group_run(client, exp_id, key, name)
+
+        return sync_pending(client, uri, root, lambda name: _open_experiment(uri, name, root, client)[1], group_run,
+                            _registry_lock(root))
+    except Exception as err:
+        raise PipelineError(f"mlflow: syncing {spool_dir(root)} to {uri} failed ({_one_line(err)}); the runs not "
+                            "synced stay spooled: run it again once the store is reachable") from err
+
+
+def _sync_quietly(client: Any, uri: str, root: Path) -> None:
+    """Sync spooled runs at the start of a stage: one line when there were some, never fatal."""
+    if not pending_entries(root):
+        return
+    try:
+        report = sync_spool(uri, root, client)
+    except Exception as err:  # the server went away again: the runs stay spooled
+        print(f"WARNING: MLflow: spooled runs not synced: {_one_line(err)}", file=sys.stderr)
+        return
+    if report.synced or report.waiting:
+        waiting = f", {len(report.waiting)} waiting for runs not synced yet" if report.waiting else ""
+        print(f"MLflow: synced {len(report.synced)} spooled run(s) to {uri}{waiting}", file=sys.stderr)
+
+
 def _dependency_hashes() -> dict[str, str]:
     """DVC's dep hashes of this stage run, or none (with a warning) if DVC cannot compute them."""
     from .provenance import dvc_dependency_hashes
@@ -208,24 +358,52 @@ def _dependency_hashes() -> dict[str, str]:
         return {}
 
 
-def _create_run(uri: str, experiment: str, run_name: str,
-                parent: tuple[str, str] | None) -> tuple[Any, str, str | None]:
+def _client_settings() -> None:
+    """Fail over to the spool in seconds, not minutes, and keep progress bars out of the stage output."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _open_experiment(uri: str, name: str | None, root: Path, client: Any = None) -> tuple[Any, str | None]:
+    """A client of the store and the id of experiment ``name``, created if missing; raises if the store
+    cannot be reached (``name`` None: only that check)."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
-    lock = _store_lock(uri)
-    with lock:
-        exp = _retry(lambda: client.get_experiment_by_name(experiment))
-        if exp is None:
-            location = None
-            if uri.startswith("sqlite:///"):
-                location = (main_repo_root() / "mlartifacts").as_uri()
-            exp_id = _retry(lambda: client.create_experiment(experiment, artifact_location=location))
-        else:
-            exp_id = exp.experiment_id
+    client = client or MlflowClient(tracking_uri=uri)
+    if name is None:
+        _retry(lambda: client.search_experiments(max_results=1))
+        return client, None
+    from mlflow.exceptions import MlflowException
+
+    with _store_lock(uri):
+        exp = _retry(lambda: client.get_experiment_by_name(name))
+        if exp is not None:
+            return client, exp.experiment_id
+        location = (root / "mlartifacts").as_uri() if uri.startswith("sqlite:///") else None
+        try:
+            return client, _retry(lambda: client.create_experiment(name, artifact_location=location))
+        except MlflowException as err:  # another process on a server created it just now
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return client, _retry(lambda: client.get_experiment_by_name(name)).experiment_id
+
+
+def _create_run(client: Any, uri: str, exp_id: str, run_name: str, parent: tuple[str, str] | None,
+                entry: SpoolEntry | None) -> tuple[str, str | None]:
+    """A new run (tagged with its spool entry, so that a sync finds it) and its group parent's id."""
+    with _store_lock(uri):
         parent_id = _group_run(client, exp_id, *parent) if parent else None
-    run = _retry(lambda: client.create_run(exp_id, run_name=run_name))
-    return client, run.info.run_id, parent_id
+    tags = {"spool_id": entry.id} if entry else None
+    return _retry(lambda: client.create_run(exp_id, run_name=run_name, tags=tags)).info.run_id, parent_id
+
+
+def _registry_lock(root: Path) -> Any:
+    """Serialise moving the ``champion`` alias between the processes of one repository."""
+    from filelock import FileLock
+
+    spool_dir(root).mkdir(parents=True, exist_ok=True)
+    return FileLock(str(spool_dir(root) / "registry.lock"), timeout=300)
 
 
 def _group_run(client: Any, experiment_id: str, key: str, name: str) -> str:

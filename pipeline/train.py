@@ -21,19 +21,16 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .checkpoints import checkpoint_path, provenance, resumable_state, save_checkpoint
-from .config import Params, to_dict
+from .config import ConfigError, Params, to_dict
 from .data import InstanceDataset, build_transforms, collate, read_label_map
 from .distributed import Dist, autocast_dtype, distributed_from_env, resolve_precision, select_device
 from .errors import PipelineError
 from .io import atomic_write_text
-from .loss import yolact_loss
-from .model import build_model
-from .sampling import SampleStream, SeededSamples, worker_init
+from .networks import network
+from .sampling import SampleStream, SeededSamples, step_seed, worker_init
 from .schedule import build_optimizer, learning_rate
 
-LOSS_TERMS = ("box", "conf", "mask", "semantic")
 VALIDATION_COLUMNS = ("val_bbox_AP", "val_segm_AP")
-LOG_COLUMNS = ("iteration", "lr", "loss", *LOSS_TERMS, "images_per_s", *VALIDATION_COLUMNS)
 # What rebuilds a trained model (architecture, input handling, class scoring); stored in models/model.pt.
 MODEL_SECTIONS = ("seed", "input", "model", "anchors", "loss")
 
@@ -54,7 +51,7 @@ def train(
     prepared_dir: Path,
     outputs: TrainOutputs,
     on_log: Callable[[dict[str, float]], None] = lambda row: None,
-    loss_fn: LossFn = yolact_loss,
+    loss_fn: LossFn | None = None,
     progress: bool = True,
     extra_payload: dict[str, Any] | None = None,
     validate: Validator | None = None,
@@ -64,8 +61,11 @@ def train(
     ``validate(model)`` scores the val split (``{"val_bbox_AP", "val_segm_AP"}``) every
     ``train.eval_every`` iterations and at the end, on rank 0; with ``train.keep_best`` the saved model
     is the one with the best val mask AP. Returns the final logged row; ``on_log`` receives every row.
+    ``loss_fn`` replaces the loss of the architecture (``model.arch``, :mod:`pipeline.networks`).
     """
     tp = params.train
+    net = network(params.model.arch)
+    loss_fn = loss_fn or net.loss
     dinfo = distributed_from_env()
     if tp.batch_size % dinfo.world_size:
         raise PipelineError(
@@ -83,7 +83,11 @@ def train(
         raise PipelineError(f"{prepared_dir}: the prepared train split has no images")
 
     torch.manual_seed(params.seed)
-    model = build_model(params, num_classes=len(label_map)).to(device)
+    model = net.build(params, num_classes=len(label_map)).to(device)
+    if tp.sync_bn:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_bn", f"SyncBatchNorm needs CUDA, training runs on {device.type}")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if tp.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, tp)
@@ -101,6 +105,8 @@ def train(
         start, log_rows, best = state["iteration"], _csv_rows(state["log"]), state.get("best")
         if dinfo.is_main:
             print(f"resuming from {ckpt_path} at iteration {start}/{tp.iterations}")
+    if dinfo.world_size > 1:
+        check_same_start(start, ckpt_path.parent, device)
 
     ddp_model: nn.Module = model
     if dinfo.world_size > 1:
@@ -138,9 +144,9 @@ def train(
             group["lr"] = lr
 
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            predictions = ddp_model(images)
+            predictions = net.forward(ddp_model, images, targets, step_seed(params.seed, iteration, dinfo))
         losses = loss_fn(predictions, targets, params.loss, world_size=dinfo.world_size)
-        _check_finite(losses, iteration + 1, ckpt_path)
+        _check_finite(losses, net.loss_terms, iteration + 1, ckpt_path)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
         if tp.grad_clip is not None:
@@ -153,7 +159,7 @@ def train(
         validating = validate is not None and (done == tp.iterations or (tp.eval_every and done % tp.eval_every == 0))
         if done % tp.log_every == 0 or done == tp.iterations or validating:
             now = time.perf_counter()
-            row = {"iteration": done, "lr": lr, **_reduced(losses, dinfo)}
+            row = {"iteration": done, "lr": lr, **_reduced(losses, net.loss_terms, dinfo)}
             row["images_per_s"] = tp.batch_size * (done - (last_row.get("iteration") or start)) / max(now - tick, 1e-9)
             if validating and dinfo.is_main:
                 row.update(_validated(validate, model))
@@ -167,13 +173,13 @@ def train(
                 log_rows.append(row)
                 on_log(row)
                 if bar is not None:
-                    bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", *LOSS_TERMS)} | {"img/s": f"{row['images_per_s']:.1f}"}, refresh=False)
+                    bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", *net.loss_terms)} | {"img/s": f"{row['images_per_s']:.1f}"}, refresh=False)
         if bar is not None:
             bar.update(1)
         if dinfo.is_main and (done % tp.checkpoint_every == 0 or done == tp.iterations):
             save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "rng": torch.get_rng_state(), "iteration": done, "log": _csv_text(log_rows),
+                "rng": torch.get_rng_state(), "iteration": done, "log": _csv_text(log_rows, net.loss_terms),
                 "provenance": run_provenance, "best": best,
             })
     if bar is not None:
@@ -187,11 +193,25 @@ def train(
             "selected_iteration": best["iteration"] if tp.keep_best else tp.iterations, **(extra_payload or {}),
         }
         save_checkpoint(outputs.model_path, payload)
-        atomic_write_text(outputs.log_path, _csv_text(log_rows))
+        atomic_write_text(outputs.log_path, _csv_text(log_rows, net.loss_terms))
         ckpt_path.unlink(missing_ok=True)  # finished: a re-run trains again instead of "resuming" at the end
     if dinfo.world_size > 1:
         dist.barrier()
     return last_row
+
+
+def check_same_start(start: int, checkpoint_dir: Path, device: torch.device) -> None:
+    """Every process must resume from the same iteration; nodes that do not share the checkpoint folder
+    would otherwise go on from different states (only rank 0 writes checkpoints)."""
+    mine = torch.tensor([start], device=device)
+    starts = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(starts, mine)
+    found = [int(t.item()) for t in starts]
+    if len(set(found)) > 1:
+        raise PipelineError(
+            f"{checkpoint_dir}: processes would resume from different iterations {found} (by rank); "
+            "the checkpoint folder must be on storage that every node shares"
+        )
 
 
 def _section(params: Params, name: str) -> Any:
@@ -210,8 +230,13 @@ def _validated(validate: Validator, model: nn.Module) -> dict[str, float]:
     return {k: float(scores[k]) for k in VALIDATION_COLUMNS}
 
 
-def _check_finite(losses: dict[str, Tensor], iteration: int, ckpt_path: Path) -> None:
-    for name in (*LOSS_TERMS, "total"):
+def log_columns(loss_terms: Sequence[str]) -> tuple[str, ...]:
+    """The columns of the training log (``reports/train/log.csv``) of an architecture's loss terms."""
+    return ("iteration", "lr", "loss", *loss_terms, "images_per_s", *VALIDATION_COLUMNS)
+
+
+def _check_finite(losses: dict[str, Tensor], loss_terms: Sequence[str], iteration: int, ckpt_path: Path) -> None:
+    for name in (*loss_terms, "total"):
         value = losses[name]
         if not torch.isfinite(value).all():
             kept = f"last good checkpoint kept at {ckpt_path}" if ckpt_path.exists() else "no checkpoint saved yet"
@@ -220,21 +245,22 @@ def _check_finite(losses: dict[str, Tensor], iteration: int, ckpt_path: Path) ->
             )
 
 
-def _reduced(losses: dict[str, Tensor], dinfo: Dist) -> dict[str, float]:
-    values = torch.stack([losses["total"].detach().float(), *(losses[k].detach().float() for k in LOSS_TERMS)])
+def _reduced(losses: dict[str, Tensor], loss_terms: Sequence[str], dinfo: Dist) -> dict[str, float]:
+    values = torch.stack([losses["total"].detach().float(), *(losses[k].detach().float() for k in loss_terms)])
     if dinfo.world_size > 1:
         dist.all_reduce(values)
         values /= dinfo.world_size
     total, *terms = values.tolist()
-    return {"loss": total, **dict(zip(LOSS_TERMS, terms))}
+    return {"loss": total, **dict(zip(loss_terms, terms))}
 
 
-def _csv_text(rows: Sequence[dict[str, float]]) -> str:
+def _csv_text(rows: Sequence[dict[str, float]], loss_terms: Sequence[str]) -> str:
+    columns = log_columns(loss_terms)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: row.get(k, "") for k in LOG_COLUMNS})
+        writer.writerow({k: row.get(k, "") for k in columns})
     return buffer.getvalue()
 
 

@@ -51,6 +51,8 @@ def main(params, run, args):
         run.log_artifact(path, artifact_dir)
     print(f"{args.split} split: bbox AP {flat['bbox_AP']:.4f} [{flat['bbox_AP_lo']:.4f}, {flat['bbox_AP_hi']:.4f}], "
           f"segm AP {flat['segm_AP']:.4f} [{flat['segm_AP_lo']:.4f}, {flat['segm_AP_hi']:.4f}] -> {outputs.metrics_path}")
+    if args.split == DEFAULT_SPLIT:
+        print(run.model_evaluated(parent, {f"test_{k}": v for k, v in flat.items()}))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ def main(params, run, args):
     from pipeline.inference import load_model
 
     trained = load_model(args.model, torch.device("cpu"))
+    if trained.params.model.arch != "yolact":
+        raise PipelineError(f"--model {args.model}: ONNX export supports model.arch yolact only, "
+                            f"this model is {trained.params.model.arch}")
     size = args.size or trained.params.input.size
     if size < 32:
         raise PipelineError(f"--size: {size} is smaller than the network's coarsest stride (32)")

@@ -10,7 +10,7 @@ CURVES = Path("reports/train/curves.png")
 
 
 def main(params, run, args):
-    """Train YOLACT on the prepared train split, validating on the val split (resumes an interrupted run)."""
+    """Train the model (model.arch) on the prepared train split, validating on the val split (resumes an interrupted run)."""
     from pipeline.data import read_label_map
     from pipeline.distributed import resolve_precision, select_device
     from pipeline.inference import validation_scorer
@@ -30,12 +30,12 @@ def main(params, run, args):
         run.log_metrics(metrics, step=int(row["iteration"]))
 
     train(params, PREPARED, outputs, on_log=log, validate=validate,
-          extra_payload={"mlflow_run_id": run.run_id} if run.online else None)
+          extra_payload={"mlflow_run_id": run.ref} if run.ref else None)
     training_curves_figure(outputs.log_path, CURVES)
     run.log_artifact(outputs.log_path, "train")
     run.log_artifact(CURVES, "train")
     run.log_artifact("reports/data", "data")
-    run.log_artifact(outputs.model_path, "model")
+    run.log_model(outputs.model_path)
 
 
 if __name__ == "__main__":

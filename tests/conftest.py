@@ -56,3 +56,12 @@ def untrained_model(tiny_project, tmp_path_factory) -> Path:
     torch.save({"state_dict": model.state_dict(), "label_map": label_map,
                 "params": {name: to_dict(params)[name] for name in MODEL_SECTIONS}}, path)
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -71,7 +71,7 @@ INVALID = [
     ("anchors.aspect_ratios", [1, 0, 2], "anchors.aspect_ratios", "positive"),
     ("train.lr", 0, "train.lr", "must be positive"),
     ("train.batch_size", -2, "train.batch_size", "must be positive"),
-    ("train.iterations", 0, "train.iterations", "must be positive"),
+    ("train.iterations", -1, "train.iterations", "must be non-negative"),
     ("data.source", "coco", "data.root", "is the generated dataset; point it at a COCO root"),
     ("data.root", "/nonexistent/coco", "data.root", "directory not found"),
     ("model.backbone.depth", 42, "model.backbone.depth", "must be one of 18, 34, 50, 101, 152"),

@@ -107,16 +107,16 @@ def test_focal_loss_initialises_conf_bias_per_anchor():
 
 def test_backbone_options_and_pretrained_file_reach_the_backbone(tmp_path):
     reference = torchvision.models.resnet18(weights=None)
-    path = tmp_path / "resnet18.pth"
+    path = tmp_path / "weights" / "resnet18.pth"  # weight files live under weights/
+    path.parent.mkdir()
     torch.save(reference.state_dict(), path)
-    model = _small_model(
-        **{
-            "model.backbone.base_channels": 64,
-            "model.backbone.pretrained": str(path),
-            "model.backbone.frozen_stages": 1,
-            "model.backbone.with_cp": True,
-        }
-    )
+    raw = config.to_dict(_params(**{**SMALL, "model.backbone.base_channels": 64, "model.backbone.frozen_stages": 1,
+                                    "model.backbone.with_cp": True}))
+    raw["model"]["backbone"]["pretrained"] = str(path)
+    params = config.from_dict(raw)
+    config.validate(params, base_dir=tmp_path)
+    torch.manual_seed(0)
+    model = build_model(params, 5)
     torch.testing.assert_close(model.backbone.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
     assert not any(p.requires_grad for p in model.backbone.layer1.parameters())
     assert model.backbone.layer2[0].with_cp

@@ -19,7 +19,7 @@ from pipeline.distributed import Dist
 from pipeline.sampling import SampleStream
 from pipeline.schedule import build_optimizer, learning_rate
 from pipeline.train import TrainOutputs, train
-from tests.conftest import PYTHON, stage_env
+from tests.conftest import PYTHON, free_port, stage_env
 
 
 def params_for(project: Path, **dotted) -> config.Params:
@@ -163,31 +163,72 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_proje
     assert not outputs.model_path.exists()
 
 
-def test_torchrun_two_processes_match_one_process(tiny_project, tmp_path):
-    """DDP on CPU (gloo), 2 x 2 images against 1 x 4 images: same samples, same augmentation.
+@pytest.fixture(scope="module")
+def ddp_comparison(tiny_project, tmp_path_factory):
+    """A tiny project set up for DDP comparisons, and its weights from one process with the same global batch.
 
     BatchNorm statistics are per process under DDP, so the backbone's BN runs in eval mode here
     (model.backbone.norm_eval) to compare like with like; the loss is normalised by the global number
     of positives. In fp32 what remains is float summation order: weights agree to 1e-4 after 4 optimizer steps.
     """
-    project = tmp_path / "ddp"
+    root = tmp_path_factory.mktemp("ddp")
+    project = root / "project"
     shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "models"))
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["train"].update({"iterations": 4, "checkpoint_every": 100, "batch_size": 4, "precision": "fp32"})  # explicit: the comparison below is an fp32 tolerance
     raw["model"]["backbone"]["norm_eval"] = True
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
-    single = tmp_path / "single"
+    single = root / "single"
     train(config.load(project / "params.yaml"), project / "data/prepared", outputs_in(single), progress=False)
+    return project, _weights(single / "model.pt")
 
+
+def _launch_two_nodes(torchrun: Path, project: Path, env: dict) -> list[subprocess.CompletedProcess]:
+    """Two torchrun agents of one process each, meeting at a c10d rendezvous on 127.0.0.1, as two machines
+    of one job would (``srun torchrun --nnodes 2 ...``); they share this filesystem like nodes on shared storage."""
+    port = free_port()
+    command = [str(torchrun), "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=multinode-test", "-m", "stages.train"]
+    nodes = [subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        outputs = [node.communicate(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    return [subprocess.CompletedProcess(command, node.returncode, out, err) for node, (out, err) in zip(nodes, outputs)]
+
+
+@pytest.mark.parametrize("layout", ["one_node_two_processes", "two_nodes"])
+def test_torchrun_matches_one_process_with_the_same_global_batch(ddp_comparison, tmp_path, layout):
+    """DDP on CPU (gloo), 2 x 2 images against 1 x 4 images: same samples, same augmentation; on one
+    node (``--standalone``) and on two single-process nodes joined by a c10d rendezvous."""
+    project, one = ddp_comparison
+    (project / "models/model.pt").unlink(missing_ok=True)
     torchrun = Path(PYTHON).parent / "torchrun"
     env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", OMP_NUM_THREADS="1")
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "stages.train"],
-                          cwd=project, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ddp, one = _weights(project / "models/model.pt"), _weights(single / "model.pt")
+    if layout == "two_nodes":
+        procs = _launch_two_nodes(torchrun, project, env)
+    else:
+        procs = [subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", "-m", "stages.train"],
+                                cwd=project, env=env, capture_output=True, text=True, timeout=300)]
+    for proc in procs:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = _weights(project / "models/model.pt")
     assert ddp.keys() == one.keys()
     worst = max(float((ddp[k].float() - one[k].float()).abs().max()) for k in one)
+    print(f"{layout}: largest weight difference to one process {worst:.2e}")
     assert worst < 1e-4, worst
+
+
+def test_sync_bn_is_a_config_error_off_cuda(tiny_project, tmp_path):
+    with pytest.raises(config.ConfigError, match="train.sync_bn"):
+        params_for(tiny_project, **{"train.sync_bn": True, "train.device": "cpu"})
+    if not torch.cuda.is_available():
+        params = params_for(tiny_project, **{"train.sync_bn": True, "train.device": "auto", "train.iterations": 1})
+        with pytest.raises(config.ConfigError, match="train.sync_bn: SyncBatchNorm needs CUDA"):
+            train(params, tiny_project / "data/prepared", outputs_in(tmp_path), progress=False)
 
 
 def test_auto_precision_uses_bf16_only_where_the_cpu_has_it():
@@ -198,3 +239,33 @@ def test_auto_precision_uses_bf16_only_where_the_cpu_has_it():
     assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
     assert autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
     assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
+
+
+def _resume_from(rank: int, port: int, starts: list[int], errors) -> None:
+    import torch.distributed as dist
+
+    from pipeline.train import check_same_start
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(starts))
+    try:
+        check_same_start(starts[rank], Path("models/checkpoints"), torch.device("cpu"))
+    except PipelineError as err:
+        errors.put(str(err))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("starts, fails", [([3, 3], False), ([3, 0], True)])
+def test_nodes_without_a_shared_checkpoint_folder_refuse_to_resume(starts, fails):
+    """Rank 0 found a checkpoint that rank 1 (on a node without it) did not: both stop, naming the folder."""
+    import torch.multiprocessing as mp
+
+    port = free_port()
+    errors = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_resume_from, args=(port, starts, errors), nprocs=len(starts))
+    messages = []
+    while not errors.empty():
+        messages.append(errors.get())
+    assert len(messages) == (len(starts) if fails else 0)
+    for message in messages:
+        assert "models/checkpoints: processes would resume from different iterations [3, 0]" in message

@@ -36,10 +36,10 @@ def test_an_image_damaged_after_prepare_stops_train_in_one_line(project, damage,
 
 @pytest.mark.parametrize("content", ["garbage", "wrong_state_dict"])
 def test_bad_pretrained_weights_stop_train_in_one_line(project, content):
-    weights = project / "weights.pth"
+    weights = project / "weights" / "weights.pth"
     if content == "garbage":
         weights.write_bytes(b"PK\x03\x04 not a zip archive at all")
     else:
         torch.save({"conv1.weight": torch.zeros(3, 3)}, weights)
-    proc = run_stage(project, "train", "--set", f"model.backbone.pretrained={weights}", check=False)
+    proc = run_stage(project, "train", "--set", "model.backbone.pretrained=weights/weights.pth", check=False)
     assert_one_line_failure(proc, "weights.pth", project)

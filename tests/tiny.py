@@ -40,7 +40,8 @@ def make_project(dest: Path, extra: dict | None = None, git: bool = False) -> Pa
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("pipeline", "stages"):
         shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "pyproject.toml"):
+    for name in ("dvc.yaml", "pyproject.toml", "weights/README.md"):
+        (dest / name).parent.mkdir(exist_ok=True)
         shutil.copy2(REPO / name, dest / name)
     (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(extra), sort_keys=False))
     if git:
