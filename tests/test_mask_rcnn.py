@@ -233,7 +233,12 @@ def resumed(tiny_project, tmp_path_factory):
     raw["train"].update({"iterations": 12, "checkpoint_every": 2})
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     reference = root / "reference"
-    train(config.load(project / "params.yaml"), project / "data/prepared", outputs_in(reference), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the stage below (OMP_NUM_THREADS=1): float sums in the same order
+    try:
+        train(config.load(project / "params.yaml"), project / "data/prepared", outputs_in(reference), progress=False)
+    finally:
+        torch.set_num_threads(threads)
 
     env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db", OMP_NUM_THREADS="1")
     proc = subprocess.Popen([PYTHON, "-m", "stages.train"], cwd=project, env=env,
