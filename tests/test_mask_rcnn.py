@@ -2,11 +2,7 @@
 (with resume), evaluate, predict and ablate paths on the tiny project."""
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
-import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -18,7 +14,6 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from pipeline import config
 from pipeline.ablation import cell_params
 from pipeline.boxes import point_form
-from pipeline.checkpoints import load_checkpoint
 from pipeline.config import EvalParams
 from pipeline.data import read_label_map
 from pipeline.errors import PipelineError
@@ -28,9 +23,9 @@ from pipeline.model import build_model
 from pipeline.networks import MaskRCNNNetwork, build_network, network
 from pipeline.predict import Predictor
 from pipeline.train import log_columns, train
-from tests.conftest import PYTHON, REPO, stage_env
+from tests.conftest import REPO, stage_env
 from tests.test_train import _assert_same_weights, _weights, outputs_in
-from tests.tiny import merge, run_stage, tiny_params
+from tests.tiny import kill_train_after_checkpoint, merge, run_stage, tiny_params
 
 # A small Mask R-CNN on the tiny project's trunk (64 px, FPN width 16).
 TINY_MASK_RCNN = {"model": {"arch": "mask_rcnn", "mask_rcnn": {
@@ -241,19 +236,7 @@ def resumed(tiny_project, tmp_path_factory):
         torch.set_num_threads(threads)
 
     env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([PYTHON, "-m", "stages.train"], cwd=project, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    checkpoints = project / "models/checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        found = list(checkpoints.glob("[!.]*.pt"))
-        if found and load_checkpoint(found[0])["iteration"] >= 4:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "training finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = load_checkpoint(next(checkpoints.glob("[!.]*.pt")))["iteration"]
+    killed_at = kill_train_after_checkpoint(project, env)
     rerun = run_stage(project, "train", env=env)
     return project, env, _weights(reference / "model.pt"), killed_at, rerun
 

@@ -1,10 +1,7 @@
 """The train loop: schedule, sample stream, learning, determinism, resume, NaN guard, DDP."""
 import math
-import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +17,7 @@ from pipeline.sampling import SampleStream
 from pipeline.schedule import build_optimizer, learning_rate
 from pipeline.train import TrainOutputs, train
 from tests.conftest import PYTHON, free_port, stage_env
+from tests.tiny import kill_train_after_checkpoint
 
 
 def params_for(project: Path, **dotted) -> config.Params:
@@ -117,19 +115,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_project, tmp_path)
     train(config.load(project / "params.yaml"), project / "data/prepared", outputs_in(reference), progress=False)
 
     env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
-    proc = subprocess.Popen([PYTHON, "-m", "stages.train"], cwd=project, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    checkpoints = project / "models/checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        found = list(checkpoints.glob("[!.]*.pt"))
-        if found and load_checkpoint(found[0])["iteration"] >= 4:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = load_checkpoint(next(checkpoints.glob("[!.]*.pt")))["iteration"]
+    killed_at = kill_train_after_checkpoint(project, env)
     assert 4 <= killed_at < iterations
     assert not (project / "models/model.pt").exists()
 

@@ -1,8 +1,11 @@
 """A tiny configuration and a scratch copy of the project for integration tests of the real stages."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
@@ -60,3 +63,23 @@ def run_stage(project: Path, stage: str, *args: str, env: dict | None = None, ch
     if check and proc.returncode != 0:
         raise AssertionError(f"stage {stage} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
+
+
+def kill_train_after_checkpoint(project: Path, env: dict, iteration: int = 4) -> int:
+    """Start the train stage in ``project`` and SIGKILL it as soon as it has saved a checkpoint at
+    ``iteration`` or later; returns the iteration of the checkpoint it left behind."""
+    from pipeline.checkpoints import load_checkpoint
+
+    proc = subprocess.Popen([PYTHON, "-m", "stages.train"], cwd=project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoints = project / "models/checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        found = list(checkpoints.glob("[!.]*.pt"))
+        if found and load_checkpoint(found[0])["iteration"] >= iteration:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return load_checkpoint(next(checkpoints.glob("[!.]*.pt")))["iteration"]
