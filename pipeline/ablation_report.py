@@ -1,7 +1,7 @@
 """The ablation report: every cell with a bootstrap interval, its paired difference to the baseline cell,
 a convergence flag and TIDE's error types, as a table, markdown and figures.
 
-Intervals are percentile intervals over image resamples of the test split, shared by all cells (so a
+Intervals are basic bootstrap intervals (:func:`pipeline.bootstrap.basic_interval`) over image resamples of the test split, shared by all cells (so a
 difference is paired); with several seeds a cell's AP is the mean over its seeds under each resample,
 and the spread over seeds is reported beside it.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .ablation_grid import CellOutputs, cell_name
-from .bootstrap import percentile_interval, resample_counts, weighted_ap
+from .bootstrap import AP_RANGE, DIFFERENCE_RANGE, basic_interval, resample_counts, weighted_ap
 from .config import AblationParams, grid_cell_name
 from .error_analysis import ERROR_TYPES
 from .evaluation import IOU_TYPES, ImageMatches, load_image_matches
@@ -81,11 +81,13 @@ def ablation_table(cells: Sequence[Cell], baseline: str, resamples: int, seed: i
                                "iterations": first["iterations"], "test_images": num_images}
         for t in IOU_TYPES:
             estimate = float(per_seed[cell.name, t].mean())
-            lo, hi = percentile_interval(resampled[cell.name, t], CONFIDENCE)
+            lo, hi = basic_interval(estimate, resampled[cell.name, t], CONFIDENCE, AP_RANGE)
             spread = float(per_seed[cell.name, t].std(ddof=1)) if len(cell.rows) > 1 else float("nan")
-            d_lo, d_hi = percentile_interval(resampled[cell.name, t] - resampled[baseline, t], CONFIDENCE)
+            difference = estimate - float(per_seed[baseline, t].mean())
+            d_lo, d_hi = basic_interval(difference, resampled[cell.name, t] - resampled[baseline, t], CONFIDENCE,
+                                        DIFFERENCE_RANGE)
             row.update({f"{t}_AP": estimate, f"{t}_AP_lo": lo, f"{t}_AP_hi": hi, f"{t}_AP_seed_std": spread,
-                        f"d_{t}_AP": estimate - float(per_seed[baseline, t].mean()),
+                        f"d_{t}_AP": difference,
                         f"d_{t}_AP_lo": d_lo, f"d_{t}_AP_hi": d_hi,
                         f"{t}_significant": cell.name != baseline and (d_lo > 0 or d_hi < 0)})
         row["significant"] = row["segm_significant"]
@@ -126,7 +128,7 @@ def ablation_markdown(table: pd.DataFrame, baseline: str, resamples: int) -> str
         "# Ablation: matching thresholds x anchor scales",
         "",
         f"Test split ({table['test_images'].iloc[0]} images), {table['iterations'].iloc[0]} training iterations per "
-        f"cell, {table['seeds'].iloc[0]} seed(s). AP [95% percentile interval over {resamples} image resamples]; "
+        f"cell, {table['seeds'].iloc[0]} seed(s). AP [95% basic bootstrap interval over {resamples} image resamples]; "
         f"difference to the baseline cell `{baseline}` with its paired interval; **bold** = significant (interval "
         "excludes 0), n.s. = not significant. Converged: val mask AP rose in the last quarter of training by no "
         "more than the half-width of the cell's mask-AP interval (blank: no validation curve; \"nothing learned\": the "

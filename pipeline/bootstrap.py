@@ -6,6 +6,11 @@ from an :class:`~pipeline.evaluation.ImageMatches`, as ``COCOeval.accumulate`` a
 (cumulative true and false positives in score order, the monotone precision envelope sampled at 101
 recall points, the mean over the categories with ground truth); with every weight 1 it equals
 ``COCOeval.stats[0]`` (AP) and ``stats[1]`` (AP50) exactly. Neither the model nor the matching is re-run.
+
+Intervals are basic (reflected) bootstrap intervals, not percentile ones: a resample that duplicates
+images raises interpolated AP, so the resampled APs sit above the full-set AP on small test sets and a
+percentile interval leans upward. The basic interval ``[2 est - q_hi, 2 est - q_lo]`` reflects that
+shift back (for a pure shift it equals the bias-corrected percentile interval).
 """
 from __future__ import annotations
 
@@ -16,13 +21,14 @@ import numpy as np
 from .evaluation import ImageMatches
 
 AP_IOU = {"AP": None, "AP50": 0.5}  # the metrics resampled: AP@[.5:.95] and AP at IoU 0.5
+AP_RANGE, DIFFERENCE_RANGE = (0.0, 1.0), (-1.0, 1.0)  # where an AP and a difference of two APs can lie
 # Resamples scored at once: bounds the (detections x resamples) and (resamples x T x R x K) work arrays.
 _CHUNK_ELEMENTS = 1 << 23
 
 
 @dataclass(frozen=True)
 class Interval:
-    """A metric on the full image set (``estimate``) and its bootstrap percentile interval ``[lo, hi]``."""
+    """A metric on the full image set (``estimate``) and its basic bootstrap interval ``[lo, hi]``."""
 
     estimate: float
     lo: float
@@ -73,13 +79,15 @@ def weighted_ap(matches: ImageMatches, weights: np.ndarray) -> dict[str, np.ndar
 def bootstrap_ap(
     matches: ImageMatches, num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
 ) -> dict[str, Interval]:
-    """``{"AP": Interval, "AP50": Interval}``: percentile intervals over ``num_resamples`` image resamples."""
+    """``{"AP": Interval, "AP50": Interval}``: basic intervals over ``num_resamples`` image resamples."""
     counts = resample_counts(len(matches.image_ids), num_resamples, seed)
     full = weighted_ap(matches, np.ones((1, len(matches.image_ids)), dtype=np.int64))
     resampled = weighted_ap(matches, counts)
-    return {
-        name: Interval(float(full[name][0]), *percentile_interval(resampled[name], confidence)) for name in AP_IOU
-    }
+    intervals = {}
+    for name in AP_IOU:
+        estimate = float(full[name][0])
+        intervals[name] = Interval(estimate, *basic_interval(estimate, resampled[name], confidence, AP_RANGE))
+    return intervals
 
 
 def paired_bootstrap_difference(
@@ -103,8 +111,8 @@ def paired_bootstrap_difference(
     resampled_a, resampled_b = weighted_ap(a, counts), weighted_ap(b, counts)
     differences = {}
     for name in AP_IOU:
-        lo, hi = percentile_interval(resampled_a[name] - resampled_b[name], confidence)
         estimate = float(full_a[name][0] - full_b[name][0])
+        lo, hi = basic_interval(estimate, resampled_a[name] - resampled_b[name], confidence, DIFFERENCE_RANGE)
         differences[name] = Difference(estimate, lo, hi, significant=bool(lo > 0 or hi < 0))
     return differences
 
@@ -121,12 +129,19 @@ def _threshold_index(iou_thresholds: np.ndarray, iou: float | None) -> slice:
     return slice(t, t + 1)
 
 
-def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
-    """The central ``confidence`` percentile interval of ``values``, leaving out undefined (NaN) resamples."""
+def basic_interval(estimate: float, values: np.ndarray, confidence: float,
+                   bounds: tuple[float, float] = (-np.inf, np.inf)) -> tuple[float, float]:
+    """The basic bootstrap interval ``[2 estimate - q_hi, 2 estimate - q_lo]`` of the resampled ``values``
+    (``q``: their central ``confidence`` quantiles, undefined (NaN) resamples left out), clipped to ``bounds``.
+
+    It takes the spread of ``values - estimate`` as that of ``estimate - truth``, so a resampling bias of the
+    statistic moves the interval the other way instead of along with it, as a percentile interval would.
+    """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     tail = 50 * (1 - confidence)
-    lo, hi = np.nanpercentile(values, [tail, 100 - tail])
+    q_lo, q_hi = np.nanpercentile(values, [tail, 100 - tail])
+    lo, hi = np.clip([2 * estimate - q_hi, 2 * estimate - q_lo], *bounds)
     return float(lo), float(hi)
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.bootstrap import bootstrap_ap, paired_bootstrap_difference, resample_counts, weighted_ap
+from pipeline.bootstrap import basic_interval, bootstrap_ap, paired_bootstrap_difference, resample_counts, weighted_ap
 from pipeline.evaluation import coco_evaluate, load_coco, load_image_matches, save_image_matches
 from tests.detection_cases import coco_index, dataset, random_case, results
 
@@ -195,3 +195,32 @@ def test_unit_weights_reproduce_cocoeval_on_coco_tiny(coco_tiny):
     evaluation = coco_evaluate(gt, records, "bbox")
     ap = weighted_ap(evaluation.matches, unit_weights(evaluation.matches))
     assert (ap["AP"][0], ap["AP50"][0]) == (evaluation.stats[0], evaluation.stats[1])
+
+
+def test_basic_interval_covers_the_mean_of_normal_samples_at_its_level():
+    """The sample mean of n N(mu, 1) draws is N(mu, 1/n): the interval's half-width is about 1.96/sqrt(n),
+    it is centred on the estimate, and over many data sets it covers mu about 95% of the time."""
+    rng = np.random.default_rng(0)
+    n, mu, covered, widths = 100, 3.0, 0, []
+    for _ in range(400):
+        x = rng.normal(mu, 1.0, size=n)
+        means = (resample_counts(n, 400, seed=int(rng.integers(1 << 30))) @ x) / n
+        lo, hi = basic_interval(float(x.mean()), means, 0.95)
+        covered += lo <= mu <= hi
+        widths.append(hi - lo)
+    assert abs(np.mean(widths) / 2 - 1.96 / np.sqrt(n)) < 0.01
+    assert 0.91 <= covered / 400 <= 0.98
+
+
+def test_basic_interval_reflects_a_resampling_bias_a_percentile_interval_follows():
+    """Resampled values shifted up by b around the estimate (as duplicated images raise interpolated AP):
+    the basic interval is [est - b - z s, est - b + z s], the percentile one would be est + b +- z s."""
+    rng = np.random.default_rng(1)
+    estimate, bias, spread = 0.40, 0.02, 0.01
+    values = rng.normal(estimate + bias, spread, size=200_000)
+    lo, hi = basic_interval(estimate, values, 0.95)
+    assert lo == pytest.approx(estimate - bias - 1.96 * spread, abs=1e-3)
+    assert hi == pytest.approx(estimate - bias + 1.96 * spread, abs=1e-3)
+    assert basic_interval(0.0, np.abs(values - estimate), 0.95, bounds=(0.0, 1.0))[0] == 0.0  # clipped to AP's range
+    with pytest.raises(ValueError, match="confidence"):
+        basic_interval(estimate, values, 1.0)
