@@ -88,7 +88,7 @@ def main() -> None:
         return new
 
     config.load, config.replace = tracking_load, tracking_replace
-    from pipeline import stage  # it imported load by name
+    from pipeline.tracking import stage
 
     stage.load = tracking_load
     for cls in prefixes:

@@ -4,9 +4,9 @@ import pytest
 
 import pandas as pd
 
-from pipeline.ablation_report import Cell, ablation_markdown, ablation_table, converged
-from pipeline.error_analysis import ERROR_TYPES
-from pipeline.evaluation import coco_evaluate
+from pipeline.ablation.report import Cell, ablation_markdown, ablation_table, converged
+from pipeline.analysis.error_analysis import ERROR_TYPES
+from pipeline.evaluation.coco import coco_evaluate
 from pycocotools.coco import COCO
 
 NUM_IMAGES = 40

@@ -5,7 +5,7 @@ import math
 import torch
 
 from pipeline import config
-from pipeline.anchor_stats import ImageBoxes, anchor_statistics, feature_sizes, read_image_boxes
+from pipeline.ablation.anchor_stats import ImageBoxes, anchor_statistics, feature_sizes, read_image_boxes
 
 # Four priors tiling the unit square (cx, cy, w, h).
 PRIORS = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.75, 0.25, 0.5, 0.5], [0.25, 0.75, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]])

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pipeline.anchors import make_priors, num_anchors_per_location
+from pipeline.models.priors.anchors import make_priors, num_anchors_per_location
 
 YOLACT_SCALES = [[24], [48], [96], [192], [384]]
 YOLACT_RATIOS = [1.0, 0.5, 2.0]

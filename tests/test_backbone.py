@@ -3,8 +3,8 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.backbone import ResNet, load_torchvision_weights
-from pipeline.errors import PipelineError
+from pipeline.models.backbone.resnet import ResNet, load_torchvision_weights
+from pipeline.utils.errors import PipelineError
 
 
 def _randomise_norms(model: nn.Module) -> None:

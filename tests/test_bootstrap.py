@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
-from pipeline.bootstrap import bootstrap_ap, paired_bootstrap_difference, resample_counts, weighted_ap
-from pipeline.evaluation import coco_evaluate, load_coco, load_image_matches, save_image_matches
+from pipeline.analysis.bootstrap import bootstrap_ap, paired_bootstrap_difference, resample_counts, weighted_ap
+from pipeline.evaluation.coco import coco_evaluate
+from pipeline.data.coco import load_coco
+from pipeline.evaluation.matches import load_image_matches, save_image_matches
 from tests.detection_cases import coco_index, dataset, random_case, results
 
 

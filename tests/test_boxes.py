@@ -3,7 +3,7 @@ import math
 import torch
 from torchvision.ops import box_iou
 
-from pipeline.boxes import box_ioa, center_form, coords_iou, decode, encode, point_form
+from pipeline.models.priors.boxes import box_ioa, center_form, coords_iou, decode, encode, point_form
 
 
 def random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:

@@ -8,9 +8,11 @@ import torch
 from torchvision.ops import masks_to_boxes
 
 from pipeline.config import InputParams
-from pipeline.data import InstanceDataset, annotations_path, build_transforms, ground_truth_path, read_label_map
-from pipeline.evaluation import load_coco
-from pipeline.prepare import prepare
+from pipeline.data.dataset import InstanceDataset
+from pipeline.data.layout import annotations_path, ground_truth_path, read_label_map
+from pipeline.data.transforms import build_transforms
+from pipeline.data.coco import load_coco
+from pipeline.prepare.roles import prepare
 from tests.conftest import COCO_TINY
 
 # COCO's convention, as the GPU preset: val carved from train2017, test = val2017.

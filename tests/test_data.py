@@ -10,23 +10,12 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from pipeline.config import AugmentParams, InputParams, SyntheticParams
-from pipeline.data import (
-    InstanceDataset,
-    PhotometricDistort,
-    ResizeWithExactMasks,
-    annotations_path,
-    build_transforms,
-    collate,
-    finish_target,
-    fit_boxes_to_masks,
-    ground_truth_path,
-    read_label_map,
-    read_rgb,
-    rotate_hue,
-)
-from pipeline.errors import PipelineError
-from pipeline.prepare import prepare
-from pipeline.synthetic import generate
+from pipeline.data.dataset import InstanceDataset, collate, finish_target, fit_boxes_to_masks, read_rgb
+from pipeline.data.transforms import PhotometricDistort, ResizeWithExactMasks, build_transforms, rotate_hue
+from pipeline.data.layout import annotations_path, ground_truth_path, read_label_map
+from pipeline.utils.errors import PipelineError
+from pipeline.prepare.roles import prepare
+from pipeline.synthetic.shapes import generate
 from tests import crafted_coco
 
 SIZE = 64

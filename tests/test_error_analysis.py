@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.error_analysis import ERROR_TYPES, confusion_figure, confusion_matrix, tide_errors, tide_figure
-from pipeline.errors import PipelineError
-from pipeline.evaluation import coco_evaluate, size_metrics
+from pipeline.analysis.error_analysis import ERROR_TYPES, confusion_figure, confusion_matrix, tide_errors, tide_figure
+from pipeline.utils.errors import PipelineError
+from pipeline.evaluation.coco import coco_evaluate, size_metrics
 from tests.detection_cases import coco_index, dataset, random_case, results
 
 CAT, DOG = 1, 2

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from pycocotools.cocoeval import COCOeval
 
-from pipeline.data import ground_truth_path
-from pipeline.evaluation import load_coco
-from pipeline.evaluation_report import read_results
+from pipeline.data.layout import ground_truth_path
+from pipeline.data.coco import load_coco
+from pipeline.analysis.evaluation_report import read_results
 from tests.conftest import stage_env
 from tests.tiny import run_stage
 

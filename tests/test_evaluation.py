@@ -9,7 +9,7 @@ import pytest
 import torch
 from pycocotools.cocoeval import COCOeval
 
-from pipeline.evaluation import (
+from pipeline.evaluation.coco import (
     CONTRACT_STATS,
     STAT_NAMES,
     bbox_results,
@@ -18,11 +18,11 @@ from pipeline.evaluation import (
     coco_results,
     contract_metrics,
     detail_metrics,
-    load_coco,
     per_class_ap_table,
     pr_curve_table,
     segm_results,
 )
+from pipeline.data.coco import load_coco
 
 # pycocotools' own mask decoding (annToMask, used to build test detections) trips a numpy 2 deprecation.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from pipeline.config import EvalParams
-from pipeline.export import export_onnx, onnx_detections, onnx_outputs, onnx_session
-from pipeline.inference import load_model
-from pipeline.postprocess import detect
+from pipeline.deploy.export import export_onnx, onnx_detections, onnx_outputs, onnx_session
+from pipeline.models.loading import load_model
+from pipeline.models.yolact.postprocess import detect
 from tests.tiny import run_stage
 
 LOW_SCORE = EvalParams(score_threshold=0.05)

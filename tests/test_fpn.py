@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.fpn import FPN, strided_conv
+from pipeline.models.backbone.fpn import FPN, strided_conv
 
 
 def _inputs(channels, sizes, batch=1):

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cleaning import clean_split
-from pipeline.errors import PipelineError
-from pipeline.images import check_image, contained_path
+from pipeline.prepare.cleaning import clean_split
+from pipeline.utils.errors import PipelineError
+from pipeline.prepare.images import check_image, contained_path
 from tests import crafted_coco
 
 CATEGORIES = crafted_coco.CATEGORIES

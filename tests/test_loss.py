@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from pipeline.anchors import make_priors
+from pipeline.models.priors.anchors import make_priors
 from pipeline.config import LossParams, load
-from pipeline.loss import (
+from pipeline.models.yolact.loss import (
     box_loss,
     downsample_masks,
     focal_conf_loss,
@@ -18,7 +18,7 @@ from pipeline.loss import (
     semantic_loss,
     yolact_loss,
 )
-from pipeline.model import build_model
+from pipeline.models.yolact.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,17 +12,17 @@ import yaml
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from pipeline import config
-from pipeline.ablation import cell_params
-from pipeline.boxes import point_form
+from pipeline.ablation.cell import cell_params
+from pipeline.models.priors.boxes import point_form
 from pipeline.config import EvalParams
-from pipeline.data import read_label_map
-from pipeline.errors import PipelineError
-from pipeline.inference import predict, split_loader
-from pipeline.mask_rcnn import PreparedInput, to_detections, torchvision_targets
-from pipeline.model import build_model
-from pipeline.networks import MaskRCNNNetwork, build_network, network
-from pipeline.predict import Predictor
-from pipeline.train import log_columns, train
+from pipeline.data.layout import read_label_map
+from pipeline.utils.errors import PipelineError
+from pipeline.evaluation.inference import predict, split_loader
+from pipeline.models.mask_rcnn import PreparedInput, to_detections, torchvision_targets
+from pipeline.models.yolact.model import build_model
+from pipeline.models.networks import MaskRCNNNetwork, build_network, network
+from pipeline.deploy.predict import Predictor
+from pipeline.training.loop import log_columns, train
 from tests.conftest import REPO, stage_env
 from tests.test_train import _assert_same_weights, _weights, outputs_in
 from tests.tiny import kill_train_after_checkpoint, merge, run_stage, tiny_params
@@ -325,8 +325,8 @@ def test_a_yolact_only_key_stops_a_mask_rcnn_stage_with_exit_2(resumed):
 
 
 def test_the_mask_rcnn_network_is_the_one_built_from_a_model_file(resumed):
-    from pipeline.inference import load_model
-    from pipeline.networks import network_of
+    from pipeline.models.loading import load_model
+    from pipeline.models.networks import network_of
 
     trained = load_model(resumed[0] / "models/model.pt", torch.device("cpu"))
     assert isinstance(network_of(trained.model), MaskRCNNNetwork)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from pipeline.anchors import make_priors
-from pipeline.boxes import point_form
-from pipeline.matching import _dense_summaries, _pad, _tiled_summaries, match, match_batch
+from pipeline.models.priors.anchors import make_priors
+from pipeline.models.priors.boxes import point_form
+from pipeline.models.priors.matching import _dense_summaries, _pad, _tiled_summaries, match, match_batch
 from tests.reference_match import reference_match
 
 YOLACT_PRIORS = make_priors(

@@ -117,7 +117,7 @@ def dvc(project: Path, *args: str, env: dict) -> str:
 def test_two_queued_experiments_log_every_run_once_to_the_server(server, client, tiny_project, tmp_path):
     """``dvc exp run --queue`` twice, then both at once (``--run-all -j 2`` starts two queue workers, as
     ``dvc queue start -j 2``, and waits for them): each train and evaluate run is on the server once."""
-    from pipeline.registry import model_version
+    from pipeline.tracking.registry import model_version
 
     project = make_project(tmp_path / "queue", {**SMALL_TRAIN, "mlflow": {"experiment": "queue"}}, git=True)
     local = stage_env(PATH=f"{Path(PYTHON).parent}:{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
@@ -178,8 +178,8 @@ def test_a_server_outage_mid_run_is_spooled_and_synced_exactly_once(server, clie
     paths and a registered model version. Exactly once: a metric batch that reached the server before the outage is
     not sent again, a second sync sends nothing, and replaying an entry whose sync was interrupted just
     before it was marked done adds no run, metric point, artifact or model version."""
-    from pipeline.registry import model_version
-    from pipeline.tracking import sync_spool
+    from pipeline.tracking.registry import model_version
+    from pipeline.tracking.store import sync_spool
 
     reference = project_with(tiny_project, tmp_path / "reference", "outage", SMALL_TRAIN)
     outage = project_with(tiny_project, tmp_path / "outage", "outage", SMALL_TRAIN)

@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 
 from pipeline import config
-from pipeline.model import build_model, count_flops
+from pipeline.models.yolact.model import build_model, count_flops
 
 YOLACT_R50 = {
     "input.size": 550,

@@ -3,14 +3,8 @@ import math
 import pytest
 import torch
 
-from pipeline.postprocess import (
-    class_scores,
-    crop_masks,
-    detect,
-    fast_nms,
-    standard_nms,
-    to_image,
-)
+from pipeline.models.yolact.postprocess import class_scores, detect, fast_nms, standard_nms
+from pipeline.models.detections import crop_masks, to_image
 
 NMS = {"fast": fast_nms, "standard": standard_nms}
 

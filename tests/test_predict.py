@@ -9,9 +9,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from pipeline.config import EvalParams
-from pipeline.data import read_label_map
-from pipeline.inference import predict, split_loader
-from pipeline.predict import Predictor, find_images, output_names, to_rgb
+from pipeline.data.layout import read_label_map
+from pipeline.evaluation.inference import predict, split_loader
+from pipeline.deploy.predict import Predictor, find_images, output_names, to_rgb
 from tests.tiny import run_stage
 
 LOW_SCORE = EvalParams(score_threshold=0.05)

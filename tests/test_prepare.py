@@ -8,12 +8,13 @@ import pytest
 import yaml
 from pycocotools import mask as mask_utils
 
-from pipeline.annotations import clean_annotation, select_categories
-from pipeline.data import annotations_path, ground_truth_path, image_dir, load_coco
-from pipeline.data_summary import size_bucket
-from pipeline.errors import PipelineError
-from pipeline.evaluation import coco_evaluate
-from pipeline.prepare import carved_ids, prepare
+from pipeline.prepare.annotations import clean_annotation, select_categories
+from pipeline.data.layout import annotations_path, ground_truth_path, image_dir
+from pipeline.data.dataset import load_coco
+from pipeline.prepare.summary import size_bucket
+from pipeline.utils.errors import PipelineError
+from pipeline.evaluation.coco import coco_evaluate
+from pipeline.prepare.roles import carved_ids, prepare
 from tests import crafted_coco
 from tests.conftest import PYTHON, stage_env
 

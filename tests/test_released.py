@@ -1,4 +1,4 @@
-"""Released YOLACT checkpoints (model.init_from, pipeline.released) and weight files as declared inputs.
+"""Released YOLACT checkpoints (model.init_from, pipeline.models.yolact.released) and weight files as declared inputs.
 
 The original's state-dict layout is written out here from its source (github.com/dbolya/yolact:
 backbone.py, yolact.py, utils/functions.py make_net, data/config.py), independently of the mapping under
@@ -21,13 +21,13 @@ import yaml
 from torchvision import tv_tensors
 
 from pipeline import config
-from pipeline.annotations import label_map, select_categories
-from pipeline.checkpoints import weights_hash
-from pipeline.errors import PipelineError
-from pipeline.inference import TrainedModel, load_model
-from pipeline.model import build_model
-from pipeline.predict import Predictor, to_rgb
-from pipeline.released import check_params, load_released
+from pipeline.prepare.annotations import label_map, select_categories
+from pipeline.training.checkpoints import weights_hash
+from pipeline.utils.errors import PipelineError
+from pipeline.models.loading import TrainedModel, load_model
+from pipeline.models.yolact.model import build_model
+from pipeline.deploy.predict import Predictor, to_rgb
+from pipeline.models.yolact.released import check_params, load_released
 from tests.conftest import REPO
 from tests.tiny import run_stage
 

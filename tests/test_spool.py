@@ -1,4 +1,4 @@
-"""The spool of runs the store did not get, and its exactly-once sync (pipeline.spool, pipeline.sync).
+"""The spool of runs the store did not get, and its exactly-once sync (pipeline.tracking.spool, pipeline.tracking.sync).
 
 Runs spooled from their start refer to each other by ``spool:<id>`` (an evaluation logs into its model's
 training run, which has no server id yet); a sync creates them in order, maps the references, registers
@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
-from pipeline.spool import SpoolEntry, pending_entries
-from pipeline.sync import _identity
-from pipeline.tracking import Run, _sync_quietly, sync_spool
+from pipeline.tracking.spool import SpoolEntry, pending_entries
+from pipeline.tracking.sync import _identity
+from pipeline.tracking.run import Run
+from pipeline.tracking.store import _sync_quietly, sync_spool
 
 
 def spooled_run(root, uri, name, parent=None) -> Run:
@@ -26,7 +27,7 @@ def spooled_run(root, uri, name, parent=None) -> Run:
 def test_runs_spooled_from_the_start_sync_with_their_links_model_and_champion(tmp_path, untrained_model, capsys):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.registry import model_version
+    from pipeline.tracking.registry import model_version
 
     uri = f"sqlite:///{tmp_path}/store.db"
     root = tmp_path / "repo"

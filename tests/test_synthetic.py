@@ -10,9 +10,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pipeline.config import SyntheticParams
-from pipeline.data_summary import size_bucket
-from pipeline.evaluation import load_coco
-from pipeline.synthetic import (
+from pipeline.prepare.summary import size_bucket
+from pipeline.data.coco import load_coco
+from pipeline.synthetic.shapes import (
     CATEGORIES,
     MIN_VISIBLE,
     generate,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.tracking import main_repo_root, resolve_tracking_uri
+from pipeline.tracking.store import main_repo_root, resolve_tracking_uri
 from tests.conftest import stage_env
 from tests.tiny import run_stage
 
@@ -77,7 +77,7 @@ def test_train_and_evaluate_log_one_run_per_model(evaluated):
 def test_the_trained_model_is_registered_and_the_first_evaluated_version_is_champion(evaluated):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.registry import model_version
+    from pipeline.tracking.registry import model_version
 
     project, stdout = evaluated
     client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
@@ -137,11 +137,11 @@ def test_the_champion_predicts_on_a_real_coco_image(evaluated, coco_tiny, monkey
 
 
 def test_the_champion_moves_only_to_a_version_with_a_higher_test_mask_ap(evaluated, tmp_path):
-    """The alias logic of the evaluate stage (pipeline.registry.record_evaluation) for a second train run's
+    """The alias logic of the evaluate stage (pipeline.tracking.registry.record_evaluation) for a second train run's
     model: a lower test mask AP leaves the champion, a higher one takes it."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.registry import model_version, record_evaluation, register_model
+    from pipeline.tracking.registry import model_version, record_evaluation, register_model
 
     project, _ = evaluated
     client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")

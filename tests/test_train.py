@@ -10,12 +10,12 @@ import torch
 import yaml
 
 from pipeline import config
-from pipeline.errors import PipelineError
-from pipeline.checkpoints import load_checkpoint
-from pipeline.distributed import Dist
-from pipeline.sampling import SampleStream
-from pipeline.schedule import build_optimizer, learning_rate
-from pipeline.train import TrainOutputs, train
+from pipeline.utils.errors import PipelineError
+from pipeline.training.checkpoints import load_checkpoint
+from pipeline.utils.distributed import Dist
+from pipeline.training.sampling import SampleStream
+from pipeline.training.schedule import build_optimizer, learning_rate
+from pipeline.training.loop import TrainOutputs, train
 from tests.conftest import PYTHON, free_port, stage_env
 from tests.tiny import kill_train_after_checkpoint
 
@@ -128,7 +128,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_project, tmp_path)
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_project, tmp_path):
-    from pipeline.loss import yolact_loss
+    from pipeline.models.yolact.loss import yolact_loss
 
     calls = {"n": 0}
 
@@ -218,7 +218,7 @@ def test_sync_bn_is_a_config_error_off_cuda(tiny_project, tmp_path):
 
 
 def test_auto_precision_uses_bf16_only_where_the_cpu_has_it():
-    from pipeline.distributed import autocast_dtype, resolve_precision
+    from pipeline.utils.distributed import autocast_dtype, resolve_precision
 
     cpu = torch.device("cpu")
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -230,7 +230,7 @@ def test_auto_precision_uses_bf16_only_where_the_cpu_has_it():
 def _resume_from(rank: int, port: int, starts: list[int], errors) -> None:
     import torch.distributed as dist
 
-    from pipeline.train import check_same_start
+    from pipeline.training.loop import check_same_start
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(starts))
     try:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.visualize import MASK_ALPHA, class_color, overlay_masks, save_comparison
+from pipeline.analysis.visualize import MASK_ALPHA, class_color, overlay_masks, save_comparison
 
 
 def test_overlay_masks_blends_only_inside_the_mask():

@@ -68,7 +68,7 @@ def run_stage(project: Path, stage: str, *args: str, env: dict | None = None, ch
 def kill_train_after_checkpoint(project: Path, env: dict, iteration: int = 4) -> int:
     """Start the train stage in ``project`` and SIGKILL it as soon as it has saved a checkpoint at
     ``iteration`` or later; returns the iteration of the checkpoint it left behind."""
-    from pipeline.checkpoints import load_checkpoint
+    from pipeline.training.checkpoints import load_checkpoint
 
     proc = subprocess.Popen([PYTHON, "-m", "stages.train"], cwd=project, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
