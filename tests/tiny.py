@@ -50,6 +50,7 @@ def make_project(dest: Path, extra: dict | None = None, git: bool = False) -> Pa
     if git:
         shutil.copytree(REPO / ".dvc", dest / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
         shutil.copy2(REPO / ".gitignore", dest / ".gitignore")
+        shutil.copy2(REPO / ".dvcignore", dest / ".dvcignore")
         for args in (["init", "-q"], ["config", "user.name", "test"], ["config", "user.email", "test@example.com"],
                      ["add", "-A"], ["commit", "-qm", "tiny project"]):
             subprocess.run(["git", *args], cwd=dest, check=True, capture_output=True)

@@ -20,7 +20,7 @@ from pipeline.models.yolact.loss import (
 )
 from pipeline.models.yolact.model import build_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_ohem_selects_ratio_times_positives_hardest_non_neutral_negatives():

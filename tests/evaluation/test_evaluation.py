@@ -27,7 +27,7 @@ from pipeline.data.coco import load_coco
 # pycocotools' own mask decoding (annToMask, used to build test detections) trips a numpy 2 deprecation.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-COCO_TINY_VAL = Path(__file__).resolve().parents[2] / "shared/data/coco_tiny/annotations/instances_val2017.json"
+COCO_TINY_VAL = Path(__file__).resolve().parents[3] / "shared/data/coco_tiny/annotations/instances_val2017.json"
 
 
 def polygon(x, y, w, h):

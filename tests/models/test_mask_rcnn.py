@@ -24,7 +24,7 @@ from pipeline.models.networks import MaskRCNNNetwork, build_network, network
 from pipeline.deploy.predict import Predictor
 from pipeline.training.loop import log_columns, train
 from tests.conftest import REPO, stage_env
-from tests.test_train import _assert_same_weights, _weights, outputs_in
+from tests.training.test_train import _assert_same_weights, _weights, outputs_in
 from tests.tiny import kill_train_after_checkpoint, merge, run_stage, tiny_params
 
 # A small Mask R-CNN on the tiny project's trunk (64 px, FPN width 16).
