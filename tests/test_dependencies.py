@@ -54,9 +54,9 @@ def package_inits(path: Path, root: Path = REPO) -> set[Path]:
     return found - {path}
 
 
-def imported_modules(path: Path, root: Path = REPO) -> set[Path]:
-    """Project modules imported anywhere in ``path`` (top level or inside functions), with the ``__init__.py``
-    of each package on the way, which Python runs before the module."""
+def imported_modules(path: Path, root: Path = REPO, inits: bool = True) -> set[Path]:
+    """Project modules imported anywhere in ``path`` (top level or inside functions), with (``inits``) the
+    ``__init__.py`` of each package on the way, which Python runs before the module."""
     package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
     if path.name == "__init__.py":
         package = ".".join(path.relative_to(root).parts[:-1])
@@ -75,8 +75,9 @@ def imported_modules(path: Path, root: Path = REPO) -> set[Path]:
             file = module_file(name, root)
             if file is not None:
                 found.add(file)
-                found |= package_inits(file, root)
-    return found | package_inits(path, root)
+                if inits:
+                    found |= package_inits(file, root)
+    return found | package_inits(path, root) if inits else found
 
 
 def module_closure(entry: Path, root: Path = REPO) -> set[str]:

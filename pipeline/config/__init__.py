@@ -30,4 +30,4 @@ from pipeline.config.schema import (
     to_dict,
 )
 from pipeline.config.validation import IDENTIFIER, grid_cell_name, validate
-from pipeline.config.loader import from_dict, load, replace  # noqa: E402  (after validation: it uses it)
+from pipeline.config.loader import BASE_KEY, from_dict, load, merge, read_raw, replace  # noqa: E402  (after validation: it uses it)

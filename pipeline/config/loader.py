@@ -1,25 +1,70 @@
-"""Reading ``params.yaml`` (and preset overlays) into typed :class:`Params`: parse, override, build, validate."""
+"""Reading ``params.yaml`` and preset overlays into typed :class:`Params`: parse, merge, override, build, validate.
+
+A preset (``configs/*.yaml``) states only what differs from ``params.yaml``: its key ``_base_`` names the file
+it overlays (``../params.yaml``, relative to the preset). :func:`load` merges an overlay onto its base first,
+section by section as :class:`Params` nests them (a value that is not a section, a list or a mapping such as
+``ablation.scale_sets``, replaces the base's whole), so ``load("configs/X.yaml")`` gives what
+``python -m stages.preset configs/X.yaml`` writes into ``params.yaml``.
+"""
 from __future__ import annotations
+
 import dataclasses
 import difflib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
+
 import yaml
+
 from pipeline.config.schema import ConfigError, Params, to_dict
 from pipeline.config.validation import validate
 
-# --------------------------------------------------------------------------------------------------
-# Parsing
+BASE_KEY = "_base_"  # in a preset: the params file it overlays, relative to the preset
 
 
 def load(path: str | Path = "params.yaml", overrides: typing.Iterable[str] = ()) -> Params:
-    """Read, override and validate ``params.yaml``.
+    """Read, override and validate ``params.yaml`` (or a preset overlay, merged onto its base first).
 
-    ``overrides`` are DVC-style ``"loss.pos_iou=0.6"`` strings; values are parsed as YAML.
+    ``overrides`` are DVC-style ``"loss.pos_iou=0.6"`` strings; values are parsed as YAML. Relative paths in
+    the params (``data.root``, weight files) are taken from the directory of the base ``params.yaml``.
     """
-    path = Path(path)
+    raw, base_dir = read_raw(Path(path))
+    for override in overrides:
+        _apply_override(raw, override)
+    params = from_dict(raw)
+    validate(params, base_dir=base_dir)
+    return params
+
+
+def read_raw(path: Path) -> tuple[dict[str, Any], Path]:
+    """The params of ``path`` as a nested dict, an overlay merged onto its ``_base_`` (recursively), and the
+    directory relative paths are taken from (the base file's)."""
+    raw = _read_yaml(path)
+    base = raw.pop(BASE_KEY, None)
+    if base is None:
+        return raw, path.resolve().parent
+    if not isinstance(base, str):
+        raise ConfigError(BASE_KEY, f"must be the path of the params file this one overlays, got {base!r}")
+    base_raw, base_dir = read_raw(path.parent / base)
+    return merge(base_raw, raw), base_dir
+
+
+def merge(base: dict[str, Any], overlay: dict[str, Any], cls: type = Params) -> dict[str, Any]:
+    """``overlay`` onto ``base``: sections (dataclasses of :class:`Params`) merge key by key, any other value
+    (a number, a list, a mapping such as ``ablation.scale_sets``) replaces the base's."""
+    out = dict(base)
+    hints = typing.get_type_hints(cls)
+    for key, value in overlay.items():
+        tp = hints.get(key)
+        if tp is not None and dataclasses.is_dataclass(tp) and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value, tp)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
@@ -28,11 +73,7 @@ def load(path: str | Path = "params.yaml", overrides: typing.Iterable[str] = ())
         raise ConfigError(str(path), f"not valid YAML ({err})".replace("\n", " ")) from None
     if not isinstance(raw, dict):
         raise ConfigError(str(path), "top level must be a mapping")
-    for override in overrides:
-        _apply_override(raw, override)
-    params = from_dict(raw)
-    validate(params, base_dir=path.resolve().parent)
-    return params
+    return raw
 
 
 def from_dict(raw: dict[str, Any]) -> Params:

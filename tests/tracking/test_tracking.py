@@ -74,6 +74,23 @@ def test_train_and_evaluate_log_one_run_per_model(evaluated):
     assert not [p for p in (project / ".mlflow-spool").iterdir() if p.name not in ("synced", "registry.lock")]
 
 
+def test_the_logged_model_carries_the_whole_pipeline_package_as_code(evaluated):
+    """The pyfunc model imports from across ``pipeline`` (deploy, models, data, config): all of it ships."""
+    from urllib.parse import urlparse
+
+    from mlflow.tracking import MlflowClient
+
+    project, _ = evaluated
+    client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
+    train_run = client.get_run(torch_payload(project / "models/model.pt")["mlflow_run_id"])
+    logged = client.get_logged_model(train_run.outputs.model_outputs[0].model_id)
+    code = Path(urlparse(logged.artifact_location).path) / "code" / "pipeline"
+    shipped = {p.relative_to(code).as_posix() for p in code.rglob("*.py")}
+    source = {p.relative_to(project / "pipeline").as_posix() for p in (project / "pipeline").rglob("*.py")}
+    assert shipped == source
+    assert {"__init__.py", "deploy/pyfunc_model.py", "deploy/predict.py", "models/loading.py"} <= shipped
+
+
 def test_the_trained_model_is_registered_and_the_first_evaluated_version_is_champion(evaluated):
     from mlflow.tracking import MlflowClient
 
