@@ -1,12 +1,16 @@
 """Figures of the anchors stage: how well each anchor set covers the ground-truth boxes."""
 from __future__ import annotations
+
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
 import numpy as np
 import pandas as pd
+
 from pipeline.utils.io import atomic_file
 from pipeline.analysis.figures import _figure
+
 
 def anchor_stats_figure(table: pd.DataFrame, path: Path) -> None:
     """Best possible recall, force-only share and positives per GT by size, one group per cell."""

@@ -1,9 +1,13 @@
 """Tables and figures of the anchor analysis and of training (pandas, matplotlib)."""
 from __future__ import annotations
+
 from pathlib import Path
 from typing import Sequence
+
 import pandas as pd
+
 from pipeline.utils.io import atomic_file, atomic_write_text
+
 
 def write_csv(rows: Sequence[dict], path: Path) -> pd.DataFrame:
     table = pd.DataFrame(list(rows))

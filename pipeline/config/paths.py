@@ -1,6 +1,8 @@
 """Where things are: the repository root (computed from this file's depth in the package) and params paths."""
 from __future__ import annotations
+
 from pathlib import Path
+
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # pipeline/: this file is pipeline/config/paths.py
 REPO_ROOT = PACKAGE_DIR.parent

@@ -5,9 +5,11 @@ work and passes on only the sections each function needs. Invalid input raises :
 naming the dotted key.
 """
 from __future__ import annotations
+
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
+
 
 FPN_LEVELS = 5
 SYNTHETIC_ROOT = "data/synthetic"  # the generate stage's output

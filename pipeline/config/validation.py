@@ -1,11 +1,22 @@
 """Cross-field validation of typed params: :func:`validate` raises :class:`ConfigError` naming the dotted key."""
 from __future__ import annotations
+
 import json
 import os
 import re
 from pathlib import Path
-from pipeline.config.schema import ARCH_ONLY_KEYS, ConfigError, Params, SYNTHETIC_MAX_IMAGES, SYNTHETIC_ROOT, SYNTHETIC_SPLITS, flatten
+
+from pipeline.config.schema import (
+    ARCH_ONLY_KEYS,
+    ConfigError,
+    Params,
+    SYNTHETIC_MAX_IMAGES,
+    SYNTHETIC_ROOT,
+    SYNTHETIC_SPLITS,
+    flatten,
+)
 from pipeline.config.paths import REPO_ROOT, WEIGHTS_DIR, _resolve
+
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # names that reach a shell command through dvc.yaml
 

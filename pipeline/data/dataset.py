@@ -4,17 +4,21 @@ Randomness: the train transforms draw from torch's global RNG. The train loop se
 sample (:class:`pipeline.training.loop.SeededSamples`), so augmentation does not depend on workers or resumes.
 """
 from __future__ import annotations
+
 from pathlib import Path
 from typing import Any, Callable
+
 import numpy as np
 import torch
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
 from torchvision.transforms.v2 import functional as F
+
 from pipeline.utils.errors import PipelineError
 from pipeline.data.coco import load_coco
 from pipeline.data.layout import annotations_path, image_dir, read_label_map
+
 
 Transform = Callable[[Any, Any], tuple[Any, Any]]
 

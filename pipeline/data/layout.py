@@ -1,8 +1,10 @@
 """The layout of the prepared data (``data/prepared``): which file holds what, per role."""
 from __future__ import annotations
+
 import json
 from pathlib import Path
 from typing import Any
+
 
 ROLES = ("train", "val", "test")  # train; val: model selection; test: the reported numbers
 SCORED_ROLES = ("val", "test")

@@ -1,12 +1,16 @@
 """Train and eval transforms over ``(image, target)``: YOLACT's augmentation, resize and normalise."""
 from __future__ import annotations
+
 import math
 from typing import Any
+
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
 from pipeline.config import InputParams
+
 
 def build_transforms(input_params: InputParams, train: bool) -> v2.Compose:
     """Transforms over ``(image, target)`` as :meth:`InstanceDataset.load` gives them.

@@ -6,6 +6,7 @@ IoU type with ``COCOeval`` (crowd regions, area ranges and maxDets exactly as CO
 the remaining functions turn evaluations into the metrics, tables and curves the stages write.
 """
 from __future__ import annotations
+
 import contextlib
 import copy
 import io
@@ -13,6 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping, Optional, Sequence
+
 import numpy as np
 import pandas as pd
 import pycocotools.mask as mask_util
@@ -20,8 +22,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 from torchvision.ops import box_convert
+
 from pipeline.evaluation.matches import ImageMatches, image_matches
 from pipeline.data.coco import load_coco
+
 
 IouType = Literal["bbox", "segm"]
 IOU_TYPES: tuple[IouType, ...] = ("bbox", "segm")

@@ -1,14 +1,17 @@
 """Inference over a prepared split and its COCO scoring: shared by the evaluate and ablate stages and by
 validation during training."""
 from __future__ import annotations
+
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
+
 from pipeline.config import EvalParams, InputParams, Params
 from pipeline.data.layout import annotations_path, ground_truth_path, image_dir
 from pipeline.data.transforms import build_transforms
@@ -17,6 +20,7 @@ from pipeline.evaluation.coco import IOU_TYPES, CocoEvaluation, coco_evaluate, c
 from pipeline.data.coco import load_coco
 from pipeline.models.networks import network_of
 from pipeline.models.detections import Detections, to_image
+
 
 @dataclass
 class Predictions:

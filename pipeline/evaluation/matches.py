@@ -1,10 +1,14 @@
 """What COCOeval decided per image (:class:`ImageMatches`), compact enough to recompute AP for any weighting of the images (the bootstrap), and its file format."""
 from __future__ import annotations
+
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 from pycocotools.cocoeval import COCOeval
+
 from pipeline.utils.io import atomic_file
+
 
 @dataclass(frozen=True)
 class ImageMatches:

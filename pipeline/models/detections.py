@@ -1,8 +1,10 @@
 """Detections as every architecture returns them (a dict of tensors) and their mapping to the original image."""
 from __future__ import annotations
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
 
 Detections = dict[str, Tensor]
 

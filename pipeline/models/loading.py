@@ -1,13 +1,17 @@
 """Rebuilding a trained model (either architecture) from the ``model.pt`` the train stage wrote."""
 from __future__ import annotations
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 import torch
 from torch import nn
+
 from pipeline.config import Params, from_dict, replace
 from pipeline.utils.errors import PipelineError
 from pipeline.models.networks import build_network
+
 
 @dataclass
 class TrainedModel:

@@ -1,8 +1,10 @@
 """A short content hash of data files, tagged on runs."""
 from __future__ import annotations
+
 import hashlib
 from pathlib import Path
 from typing import Iterable
+
 
 def fingerprint(paths: Iterable[Path]) -> str:
     """A short content hash of files (the prepared data's annotation files)."""

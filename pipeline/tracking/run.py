@@ -5,18 +5,33 @@ No run is lost: a run journals what it logs to a spool entry in the user's repos
 and the run waits in the spool until ``python -m stages.sync`` (or the start of the next stage) replays
 it (:mod:`pipeline.tracking.sync`). ``mlflow.required`` fails fast instead. Writes to a shared SQLite store are
 retried, so experiments running at once (``dvc queue start -j 2``) never lose a run. MLflow itself is
-known only here, in :mod:`pipeline.tracking.sync` and in :mod:`pipeline.tracking.registry` (the registered model).
+known only in this package: here, in :mod:`pipeline.tracking.store`, :mod:`pipeline.tracking.sync` and
+:mod:`pipeline.tracking.registry` (the registered model).
 """
 from __future__ import annotations
+
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
 from pipeline.config import MlflowParams, Params, flatten
 from pipeline.utils.errors import PipelineError
 from pipeline.tracking.spool import GROUP_REF, REF_TAGS, SPOOL_REF, SpoolEntry, synced_run_id
-from pipeline.tracking.store import T, _client_settings, _create_run, _one_line, _open_experiment, _registry_lock, _retry, _sync_quietly, main_repo_root, resolve_tracking_uri
+from pipeline.tracking.store import (
+    T,
+    _client_settings,
+    _create_run,
+    _one_line,
+    _open_experiment,
+    _registry_lock,
+    _retry,
+    _sync_quietly,
+    main_repo_root,
+    resolve_tracking_uri,
+)
+
 
 _METRIC_BUFFER = 500
 

@@ -1,14 +1,17 @@
 """The MLflow tracking store: where it is (``mlflow.tracking_uri`` resolved against the user's repository), opening experiments and runs under file locks, retrying a busy SQLite store, replaying the spool."""
 from __future__ import annotations
+
 import logging
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
+
 from pipeline.config import REPO_ROOT
 from pipeline.utils.errors import PipelineError
 from pipeline.tracking.spool import SpoolEntry, pending_entries, spool_dir
+
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)

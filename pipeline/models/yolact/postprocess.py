@@ -6,12 +6,16 @@ The network input is a plain (aspect-ratio-changing) resize of the image, so nor
 coordinates scale to pixels by the original width and height.
 """
 from __future__ import annotations
+
 from typing import Literal
+
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
+
 from pipeline.models.priors.boxes import decode
 from pipeline.models.detections import Detections, crop_masks
+
 
 def class_scores(conf: Tensor, use_focal_loss: bool) -> Tensor:
     """Per-class probabilities ``[..., C]`` from logits ``conf [..., C+1]`` (background dropped).
