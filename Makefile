@@ -1,6 +1,6 @@
 # make repro: the whole DVC pipeline; make test: the test suite; make bench: reports/bench.{json,md};
 # make lock: re-resolve pyproject.toml's requirements into requirements.lock;
-# make mlflow-server: a team MLflow tracking server (README, "Team tracking server").
+# make mlflow-server: a team MLflow tracking server (docs/tracking.md, "Team tracking server").
 # The virtual environment is created on first use from the lock (every distribution pinned and hashed)
 # and reinstalled only when requirements.lock or pyproject.toml changes.
 VENV := .venv
@@ -33,7 +33,7 @@ bench: $(INSTALLED)
 
 # A database backend store and proxied artifacts (clients upload through the server, no storage
 # credentials on their side). MLFLOW_HOST=0.0.0.0 serves the network; MLFLOW_BACKEND=postgresql://...
-# and MLFLOW_ARTIFACTS=s3://... for a team (README).
+# and MLFLOW_ARTIFACTS=s3://... for a team (docs/tracking.md).
 MLFLOW_HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 MLFLOW_WORKERS ?= 4

@@ -8,7 +8,7 @@ ground truth. What each side does, identically:
 
 - accuracy: its evaluate stage's test results re-scored with COCOeval, image-bootstrap 95% intervals and
   the paired bootstrap interval of the difference (the same resampled images for both);
-- training: the train stage's loop (``pipeline.train.train``) for ``--warmup + --steps`` iterations from
+- training: the train stage's loop (``pipeline.training.loop.train``) for ``--warmup + --steps`` iterations from
   scratch, fp32, the run's own params and batch, data loading included; images/s is the median over the
   steps after the warm-up, pooled over ``--rounds`` rounds run in turn (A, B, A, B, ...);
 - inference: the evaluate stage's ``predict`` (forward, post-processing to boolean masks at the original
@@ -31,14 +31,16 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from pipeline.bootstrap import bootstrap_ap, paired_bootstrap_difference
+from pipeline.analysis.bootstrap import bootstrap_ap, paired_bootstrap_difference
 from pipeline.config import Params, load, replace
-from pipeline.data import ground_truth_path
-from pipeline.evaluation import IOU_TYPES, coco_evaluate, load_coco
-from pipeline.evaluation_report import read_results
-from pipeline.inference import load_model, predict, split_loader
-from pipeline.io import atomic_write_json, atomic_write_text
-from pipeline.train import TrainOutputs, train
+from pipeline.data.layout import ground_truth_path
+from pipeline.evaluation.coco import IOU_TYPES, coco_evaluate
+from pipeline.data.coco import load_coco
+from pipeline.analysis.evaluation_report import read_results
+from pipeline.models.loading import load_model
+from pipeline.evaluation.inference import predict, split_loader
+from pipeline.utils.io import atomic_write_json, atomic_write_text
+from pipeline.training.loop import TrainOutputs, train
 
 
 def main() -> None:
@@ -186,7 +188,7 @@ def _log_to_mlflow(report: dict[str, Any], params: Params, out: Path, a: str, b:
     try:
         import mlflow
 
-        from pipeline.tracking import resolve_tracking_uri
+        from pipeline.tracking.store import resolve_tracking_uri
 
         mlflow.set_tracking_uri(resolve_tracking_uri(params.mlflow.tracking_uri))
         mlflow.set_experiment("yolact-comparison")

@@ -1,5 +1,5 @@
 """Where evaluation time goes, per image: loading, the model, post-processing, mask RLE encoding and COCOeval,
-each timed around the same calls ``pipeline.inference.predict`` and ``score`` make (the evaluate stage's path:
+each timed around the same calls ``pipeline.evaluation.inference.predict`` and ``score`` make (the evaluate stage's path:
 fp32, the model's own memory format, no autocast)."""
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 from pipeline.config import Params
-from pipeline.data import ground_truth_path
-from pipeline.evaluation import IOU_TYPES, bbox_results, coco_evaluate, load_coco, segm_results
-from pipeline.inference import split_loader
-from pipeline.postprocess import detect, to_image
+from pipeline.data.layout import ground_truth_path
+from pipeline.evaluation.coco import IOU_TYPES, bbox_results, coco_evaluate, segm_results
+from pipeline.data.coco import load_coco
+from pipeline.evaluation.inference import split_loader
+from pipeline.models.yolact.postprocess import detect
+from pipeline.models.detections import to_image
 
 from .timing import synchronize
 

@@ -10,15 +10,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.config import Params
-from pipeline.data import InstanceDataset, build_transforms, collate, finish_target
-from pipeline.distributed import Dist
-from pipeline.sampling import SampleStream, SeededSamples, worker_init
+from pipeline.data.dataset import InstanceDataset, collate, finish_target
+from pipeline.data.transforms import build_transforms
+from pipeline.utils.distributed import Dist
+from pipeline.training.sampling import SampleStream, SeededSamples, worker_init
 
 from .timing import measure_interleaved
 
 
 def training_loader(params: Params, prepared_dir: Path) -> DataLoader:
-    """The DataLoader ``pipeline.train.train`` builds for a fresh single-process run, loading in-process:
+    """The DataLoader ``pipeline.training.loop.train`` builds for a fresh single-process run, loading in-process:
     the train split with train transforms behind :class:`SeededSamples`, batches of ``train.batch_size``
     from :class:`SampleStream` (seed ``params.seed``, from iteration 0), ``collate``. Endless."""
     dataset = InstanceDataset(prepared_dir, "train", build_transforms(params.input, train=True))
@@ -28,7 +29,7 @@ def training_loader(params: Params, prepared_dir: Path) -> DataLoader:
 
 @contextlib.contextmanager
 def as_one_worker() -> Iterator[None]:
-    """Run the body with torch's threads as a loader worker has them (:func:`pipeline.sampling.worker_init`)."""
+    """Run the body with torch's threads as a loader worker has them (:func:`pipeline.training.sampling.worker_init`)."""
     threads = torch.get_num_threads()
     worker_init(0)
     try:
@@ -87,7 +88,7 @@ def loader_against_training(
 
 def transform_breakdown(dataset: InstanceDataset, images: int) -> list[dict[str, object]]:
     """Where loading ``images`` samples spends its time: reading (decode + masks), each transform, and
-    :func:`pipeline.data.finish_target`, slowest first (name, calls, ms, share); batching excluded."""
+    :func:`pipeline.data.dataset.finish_target`, slowest first (name, calls, ms, share); batching excluded."""
     steps = getattr(dataset.transforms, "transforms", [dataset.transforms])
     seconds: dict[str, float] = {}
 

@@ -1,4 +1,4 @@
-"""The batched matcher (:func:`pipeline.matching.match_batch`) against the seed's per-image loop
+"""The batched matcher (:func:`pipeline.models.priors.matching.match_batch`) against the seed's per-image loop
 (:func:`benchmarks.reference_match.reference_match`), timed alike and checked on the timed calls' outputs."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from pipeline.matching import match_batch
+from pipeline.models.priors.matching import match_batch
 
 from .reference_match import reference_match
 from .timing import measure_interleaved

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.export import OPSET, export_onnx, onnx_outputs
+from pipeline.deploy.export import OPSET, export_onnx, onnx_outputs
 
 from .timing import measure_interleaved
 

@@ -1,6 +1,6 @@
 """The seed's matcher: YOLACT's per-image matching loop, written out plainly, one GT per iteration.
 
-The reference that :func:`pipeline.matching.match_batch` is timed against (benchmarks) and checked against (tests)."""
+The reference that :func:`pipeline.models.priors.matching.match_batch` is timed against (benchmarks) and checked against (tests)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from pipeline.boxes import box_ioa, encode, point_form
+from pipeline.models.priors.boxes import box_ioa, encode, point_form
 
 
 def reference_match(
@@ -21,7 +21,7 @@ def reference_match(
     crowd_boxes: Optional[Tensor] = None,
     crowd_iou: float = 0.7,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Same contract as :func:`pipeline.matching.match`, one GT per loop iteration."""
+    """Same contract as :func:`pipeline.models.priors.matching.match`, one GT per loop iteration."""
     prior_boxes = point_form(priors)
     num_priors = len(priors)
     if len(gt_boxes) == 0:

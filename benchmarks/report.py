@@ -75,7 +75,7 @@ def describe_methods(result: dict[str, Any]) -> dict[str, dict[str, str]]:
                     "is the faster kernel; every share is of the peak of the step's own dtype",
         },
         "inference": {
-            "YOLACT": f"eval forward; `pipeline.postprocess.detect` on the outputs cast to fp32 (score > "
+            "YOLACT": f"eval forward; `pipeline.models.yolact.postprocess.detect` on the outputs cast to fp32 (score > "
                       f"{yp['score_threshold']}, {yp['nms']} NMS at IoU {yp['nms_iou']}, top {yp['top_k']} per class, "
                       f"at most {yp['max_detections']}); `to_image`: prototype masks upsampled bilinearly to "
                       f"{size}x{size}, cut to the box, thresholded at {yp['mask_threshold']}",
@@ -88,7 +88,7 @@ def describe_methods(result: dict[str, Any]) -> dict[str, dict[str, str]]:
                     f"fp32: {detections('fp32')}; bf16: {detections('bf16')}; {timing(inference['repeats'])}",
         },
         "training": {
-            "YOLACT": "forward under autocast, `pipeline.loss.yolact_loss` outside it (as `pipeline.train`), backward",
+            "YOLACT": "forward under autocast, `pipeline.models.yolact.loss.yolact_loss` outside it (as `pipeline.training.loop`), backward",
             "Mask R-CNN": "forward with targets under autocast (torchvision computes its five losses inside), "
                           "their sum, backward",
             "both": f"batch {training['batch']}, {size} px random images with {training['instances_per_image']} "
@@ -98,14 +98,14 @@ def describe_methods(result: dict[str, Any]) -> dict[str, dict[str, str]]:
                     f"{threads} threads; {timing(training['repeats'])}",
         },
         "matching": {
-            "match_batch": "`pipeline.matching.match_batch`, the whole batch in one call",
+            "match_batch": "`pipeline.models.priors.matching.match_batch`, the whole batch in one call",
             "reference": "`benchmarks.reference_match`, the seed's loop (one GT per iteration), image by image",
             "both": f"the same {match['batch']} images x {match['num_gt']} GTs x {match['num_priors']} priors; "
                     f"timed in turn, {settings['warmup']} warm-up call(s) each, then {settings['repeats']} timed, "
                     "median; `conf_t`, `matched_idx` and `loc_t` of the last timed calls compared with `torch.equal`",
         },
         "data loader": {
-            "loader": "`pipeline.train`'s input path: `SeededSamples` over the train split with train transforms, "
+            "loader": "`pipeline.training.loop`'s input path: `SeededSamples` over the train split with train transforms, "
                       "batches from `SampleStream`, `collate`; loaded in-process on one thread (`worker_init`), "
                       "i.e. one worker",
             "training": f"the default config's training step ({default['model']}, {default['precision']}, "
@@ -139,7 +139,7 @@ def _header(result: dict[str, Any]) -> list[str]:
     ]
     if not machine["bf16_native"]:
         lines += ["", "**bf16 is emulated here** (`torch.ops.mkldnn._is_mkldnn_bf16_supported()` is False, so "
-                      "`train.precision: auto` trains in fp32, see `pipeline.distributed.resolve_precision`): "
+                      "`train.precision: auto` trains in fp32, see `pipeline.utils.distributed.resolve_precision`): "
                       "bf16 convolutions take PyTorch's generic im2col path (`aten::_slow_conv2d_*`) instead of "
                       "oneDNN, and bf16 matmuls a generic kernel. The bf16 figures and their ratios describe "
                       "that emulation, not the models on bf16 hardware; each bf16 model step gets "
@@ -226,7 +226,7 @@ def _matching(result: dict[str, Any]) -> list[str]:
         "",
         "| implementation | median seconds |",
         "|---|---:|",
-        f"| `pipeline.matching.match_batch` | {match['match_batch']['median_s']:.4f} |",
+        f"| `pipeline.models.priors.matching.match_batch` | {match['match_batch']['median_s']:.4f} |",
         f"| `benchmarks.reference_match`, image by image | {match['reference']['median_s']:.4f} |",
         "",
         f"Speed-up {match['speedup']:.1f}x; identical outputs: "
@@ -274,7 +274,7 @@ def _evaluation(result: dict[str, Any]) -> list[str]:
             f"## ONNX Runtime ({onnx['image_size']} px, batch 1, fp32, {onnx['threads']} threads)",
             "",
             "The YOLACT network's forward only (no post-processing), random weights: PyTorch eager (channels-last, "
-            f"no_grad) against its `pipeline.export` graph (opset {onnx['opset']}) in ONNX Runtime's CPU provider with "
+            f"no_grad) against its `pipeline.deploy.export` graph (opset {onnx['opset']}) in ONNX Runtime's CPU provider with "
             "the same intra-op threads, timed in turn after the same warm-up, medians. Largest output difference "
             f"{onnx['largest_difference']:.1e}.",
             "",

@@ -24,12 +24,12 @@ import torchvision
 from torch import Tensor
 
 from pipeline.config import REPO_ROOT, ConfigError, Params, load, resolve_path
-from pipeline.data import read_label_map
-from pipeline.distributed import autocast_dtype, resolve_precision, select_device
-from pipeline.errors import PipelineError
-from pipeline.inference import load_model
-from pipeline.io import atomic_write_json, atomic_write_text
-from pipeline.model import build_model
+from pipeline.data.layout import read_label_map
+from pipeline.utils.distributed import autocast_dtype, resolve_precision, select_device
+from pipeline.utils.errors import PipelineError
+from pipeline.models.loading import load_model
+from pipeline.utils.io import atomic_write_json, atomic_write_text
+from pipeline.models.yolact.model import build_model
 
 from . import matching as match_bench
 from .evaluation_time import evaluation_breakdown

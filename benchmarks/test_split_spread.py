@@ -14,11 +14,13 @@ import numpy as np
 import torch
 
 from pipeline.config import load
-from pipeline.distributed import select_device
-from pipeline.evaluation import IOU_TYPES, coco_evaluate, load_coco
-from pipeline.inference import load_model, predict, split_loader
-from pipeline.io import atomic_write_json
-from pipeline.synthetic import generate_split
+from pipeline.utils.distributed import select_device
+from pipeline.evaluation.coco import IOU_TYPES, coco_evaluate
+from pipeline.data.coco import load_coco
+from pipeline.models.loading import load_model
+from pipeline.evaluation.inference import predict, split_loader
+from pipeline.utils.io import atomic_write_json
+from pipeline.synthetic.shapes import generate_split
 
 FIRST_SEED = 1000  # far from the seed of the pipeline's own test split
 

@@ -3,8 +3,8 @@
 Both models are held to the same step. Inference: eval mode, one autocast region (or none, fp32) around the
 network and its post-processing, ending in boxes (pixels), scores, labels and binary masks at the input
 size for at most 100 detections per image. Training: forward under that autocast (Mask R-CNN computes its
-losses inside its forward, YOLACT's loss runs after it as in ``pipeline.train``), backward, gradient clipping
-(``train.grad_clip``) and the optimizer of ``train.optimizer`` (:func:`pipeline.schedule.build_optimizer`).
+losses inside its forward, YOLACT's loss runs after it as in ``pipeline.training.loop``), backward, gradient clipping
+(``train.grad_clip``) and the optimizer of ``train.optimizer`` (:func:`pipeline.training.schedule.build_optimizer`).
 Both run channels-last. Each ``*_step`` function converts its model and returns a closure that runs one step
 on a fixed batch.
 """
@@ -17,9 +17,10 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.config import EvalParams, LossParams, TrainParams
-from pipeline.loss import yolact_loss
-from pipeline.postprocess import Detections, detect, to_image
-from pipeline.schedule import build_optimizer
+from pipeline.models.yolact.loss import yolact_loss
+from pipeline.models.detections import Detections, to_image
+from pipeline.models.yolact.postprocess import detect
+from pipeline.training.schedule import build_optimizer
 
 Step = Callable[[], object]
 Target = dict[str, Tensor]
@@ -88,7 +89,7 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
 
 
 def optimizer_step(total_loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, train: TrainParams) -> None:
-    """Backward, gradient clipping at ``train.grad_clip`` (if set) and one optimizer step, as ``pipeline.train``."""
+    """Backward, gradient clipping at ``train.grad_clip`` (if set) and one optimizer step, as ``pipeline.training.loop``."""
     optimizer.zero_grad(set_to_none=True)
     total_loss.backward()
     if train.grad_clip is not None:
@@ -105,8 +106,8 @@ def yolact_train_step(
     amp_dtype: Optional[torch.dtype],
     channels_last: bool = True,
 ) -> Step:
-    """One training iteration as ``pipeline.train`` runs it: forward under autocast, then
-    ``pipeline.loss.yolact_loss`` (outside autocast, as there) and :func:`optimizer_step`.
+    """One training iteration as ``pipeline.training.loop`` runs it: forward under autocast, then
+    ``pipeline.models.yolact.loss.yolact_loss`` (outside autocast, as there) and :func:`optimizer_step`.
     ``images [B, 3, S, S]`` on the model's device."""
     images = set_memory_format(model, images, channels_last)
     optimizer = build_optimizer(model, train)
@@ -127,9 +128,9 @@ def yolact_infer_step(
     use_focal_loss: bool,
     amp_dtype: Optional[torch.dtype],
 ) -> Callable[[], list[Detections]]:
-    """Eval forward, :func:`pipeline.postprocess.detect` (on the outputs cast to fp32, its contract) and
-    :func:`pipeline.postprocess.to_image` at the input size (masks upsampled, cut to the box, thresholded
-    at ``eval.mask_threshold``), all under one autocast, as ``pipeline.inference.predict`` ends.
+    """Eval forward, :func:`pipeline.models.yolact.postprocess.detect` (on the outputs cast to fp32, its contract) and
+    :func:`pipeline.models.detections.to_image` at the input size (masks upsampled, cut to the box, thresholded
+    at ``eval.mask_threshold``), all under one autocast, as ``pipeline.evaluation.inference.predict`` ends.
     Per image: ``boxes [N, 4]`` pixels, ``scores [N]``, ``labels [N]``, ``masks [N, S, S]`` bool."""
     images = set_memory_format(model, images)
     size = images.shape[-1]

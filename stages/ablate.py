@@ -1,7 +1,7 @@
 """One ablation cell: train with the shortened schedule at (pos_iou, neg_iou, anchor scales, seed), score the test split."""
 from pathlib import Path
 
-from pipeline.stage import Tracking, run_stage
+from pipeline.tracking.stage import Tracking, run_stage
 
 PREPARED = Path("data/prepared")
 
@@ -14,8 +14,8 @@ def configure(parser):
 
 
 def derive(params, args):
-    from pipeline.ablation import cell_params
-    from pipeline.ablation_grid import cell_name, group_key
+    from pipeline.ablation.cell import cell_params
+    from pipeline.ablation.grid import cell_name, group_key
 
     cell = cell_params(params, args.pos_iou, args.neg_iou, args.scales, args.seed)
     name = cell_name(args.pos_iou, args.neg_iou, args.scales, args.seed)
@@ -28,8 +28,8 @@ def derive(params, args):
 
 def main(params, run, args):
     """Train and score one cell of the ablation grid."""
-    from pipeline.ablation import run_cell
-    from pipeline.ablation_grid import CELLS_DIR, CellOutputs, cell_name
+    from pipeline.ablation.cell import run_cell
+    from pipeline.ablation.grid import CELLS_DIR, CellOutputs, cell_name
 
     name = cell_name(args.pos_iou, args.neg_iou, args.scales, args.seed)
     run_cell(params, PREPARED, Path("models/ablation") / name, CellOutputs(CELLS_DIR / f"{name}.json"), run,

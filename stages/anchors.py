@@ -2,7 +2,7 @@
 against the anchor scales."""
 from pathlib import Path
 
-from pipeline.stage import run_stage
+from pipeline.tracking.stage import run_stage
 
 PREPARED = Path("data/prepared")
 OUT_DIR = Path("reports/anchors")
@@ -10,11 +10,12 @@ OUT_DIR = Path("reports/anchors")
 
 def main(params, run, args):
     """Best possible recall, positives per GT and prior counts for each ablation cell; box-size histogram."""
-    from pipeline.anchor_stats import anchor_statistics, feature_sizes, read_image_boxes
-    from pipeline.anchors import make_priors
-    from pipeline.annotations import read_annotations
-    from pipeline.data import annotations_path
-    from pipeline.reports import anchor_stats_figure, box_sizes_figure, write_csv
+    from pipeline.ablation.anchor_stats import anchor_statistics, feature_sizes, read_image_boxes
+    from pipeline.models.priors.anchors import make_priors
+    from pipeline.prepare.annotations import read_annotations
+    from pipeline.data.layout import annotations_path
+    from pipeline.ablation.anchor_figures import anchor_stats_figure, box_sizes_figure
+    from pipeline.analysis.figures import write_csv
 
     images = read_image_boxes(annotations_path(PREPARED, "train"))
     sizes = feature_sizes(params)

@@ -5,7 +5,7 @@ evaluations/<model>-<split>/ unless --out says otherwise, so DVC's outputs are n
 """
 from pathlib import Path
 
-from pipeline.stage import run_stage
+from pipeline.tracking.stage import run_stage
 
 PREPARED = Path("data/prepared")
 DEFAULT_MODEL = Path("models/model.pt")
@@ -21,7 +21,7 @@ def configure(parser):
 
 
 def outputs_for(args):
-    from pipeline.evaluation_report import EvaluationOutputs
+    from pipeline.analysis.evaluation_report import EvaluationOutputs
 
     if args.out is None and args.model == DEFAULT_MODEL and args.split == DEFAULT_SPLIT:
         return EvaluationOutputs(Path("reports/eval"), Path("reports/metrics.json"), Path("reports/eval_results"))
@@ -31,10 +31,10 @@ def outputs_for(args):
 
 def main(params, run, args):
     """COCO box/mask AP with bootstrap intervals, TIDE errors, per-class AP, PR curves, results files."""
-    from pipeline.distributed import select_device
-    from pipeline.evaluation_report import evaluate_model
-    from pipeline.inference import load_model
-    from pipeline.tracking import fingerprint
+    from pipeline.utils.distributed import select_device
+    from pipeline.analysis.evaluation_report import evaluate_model
+    from pipeline.models.loading import load_model
+    from pipeline.tracking.fingerprint import fingerprint
 
     device = select_device(params.train.device)
     trained = load_model(args.model, device)

@@ -4,7 +4,7 @@
 """
 from pathlib import Path
 
-from pipeline.stage import run_stage
+from pipeline.tracking.stage import run_stage
 
 FORMATS = ("onnx",)
 
@@ -22,9 +22,9 @@ def main(params, run, args):
     """Write the network as an ONNX graph and check it against PyTorch with ONNX Runtime."""
     import torch
 
-    from pipeline.errors import PipelineError
-    from pipeline.export import OPSET, export_onnx, onnx_outputs, onnx_session
-    from pipeline.inference import load_model
+    from pipeline.utils.errors import PipelineError
+    from pipeline.deploy.export import OPSET, export_onnx, onnx_outputs, onnx_session
+    from pipeline.models.loading import load_model
 
     trained = load_model(args.model, torch.device("cpu"))
     if trained.params.model.arch != "yolact":

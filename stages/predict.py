@@ -5,7 +5,7 @@
 import sys
 from pathlib import Path
 
-from pipeline.stage import run_stage
+from pipeline.tracking.stage import run_stage
 
 RESULTS = "results.json"  # COCO result records: image_id, category_id, bbox (xywh), segmentation (RLE), score
 IMAGES = "images.json"  # the image ids of RESULTS: id, file_name, width, height
@@ -24,10 +24,10 @@ def main(params, run, args):
     """Run a trained model on image files, folders or globs: overlays and COCO results under --out."""
     from tqdm import tqdm
 
-    from pipeline.errors import PipelineError
-    from pipeline.io import atomic_write_json
-    from pipeline.predict import Predictor, find_images, output_names, to_rgb
-    from pipeline.visualize import save_overlay
+    from pipeline.utils.errors import PipelineError
+    from pipeline.utils.io import atomic_write_json
+    from pipeline.deploy.predict import Predictor, find_images, output_names, to_rgb
+    from pipeline.analysis.visualize import save_overlay
 
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise PipelineError(f"--out {args.out}: exists and is not empty (choose another folder, or --overwrite)")

@@ -2,7 +2,7 @@
 image dirs) and reports/data/summary.json."""
 from pathlib import Path
 
-from pipeline.stage import run_stage
+from pipeline.tracking.stage import run_stage
 
 PREPARED = Path("data/prepared")
 SUMMARY = Path("reports/data/summary.json")
@@ -13,9 +13,9 @@ def main(params, run, args):
     import os
 
     from pipeline.config import resolve_path
-    from pipeline.data_summary import headline_metrics
-    from pipeline.io import atomic_dir, atomic_write_json
-    from pipeline.prepare import prepare
+    from pipeline.prepare.summary import headline_metrics
+    from pipeline.utils.io import atomic_dir, atomic_write_json
+    from pipeline.prepare.roles import prepare
 
     data = params.data
     repository = Path.cwd().resolve()  # DVC runs every stage at the repository root

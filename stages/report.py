@@ -1,7 +1,7 @@
 """The ablation report: reports/ablation.{csv,md} and figures, logged to the ablation's MLflow parent run."""
 from pathlib import Path
 
-from pipeline.stage import Tracking, run_stage
+from pipeline.tracking.stage import Tracking, run_stage
 
 ANCHOR_STATS = Path("reports/anchors/anchor_stats.csv")
 OUT = Path("reports")
@@ -9,7 +9,7 @@ FIGURES = ("ablation_heatmap.png", "ablation/curves.png", "ablation/tide.png")
 
 
 def derive(params, args):
-    from pipeline.ablation_grid import group_key
+    from pipeline.ablation.grid import group_key
 
     return params, Tracking(experiment=f"{params.mlflow.experiment}-ablation", parent=(group_key(params), "ablation"))
 
@@ -18,11 +18,17 @@ def main(params, run, args):
     """Every cell with its interval, paired difference to the baseline, convergence and error types."""
     import pandas as pd
 
-    from pipeline.ablation_grid import CELLS_DIR
-    from pipeline.ablation_report import (ablation_heatmap, ablation_markdown, ablation_table, load_cells,
-                                          tide_comparison_figure, validation_curves_figure)
+    from pipeline.ablation.grid import CELLS_DIR
+    from pipeline.ablation.report import (
+        ablation_heatmap,
+        ablation_markdown,
+        ablation_table,
+        load_cells,
+        tide_comparison_figure,
+        validation_curves_figure,
+    )
     from pipeline.config import grid_cell_name
-    from pipeline.io import atomic_write_text
+    from pipeline.utils.io import atomic_write_text
 
     abl = params.ablation
     baseline = abl.baseline or grid_cell_name(*abl.thresholds[0], abl.anchor_scales[0])

@@ -1,11 +1,11 @@
 """Send the MLflow runs spooled while the tracking server was unreachable (.mlflow-spool/) to it, exactly once."""
-from pipeline.stage import run_stage
+from pipeline.tracking.stage import run_stage
 
 
 def main(params, run, args):
     """Replay every spooled run to mlflow.tracking_uri (MLFLOW_TRACKING_URI wins); safe to run again."""
-    from pipeline.sync import describe
-    from pipeline.tracking import resolve_tracking_uri, sync_spool
+    from pipeline.tracking.sync import describe
+    from pipeline.tracking.store import resolve_tracking_uri, sync_spool
 
     uri = resolve_tracking_uri(params.mlflow.tracking_uri)
     for line in describe(sync_spool(uri), uri):

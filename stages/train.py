@@ -1,7 +1,7 @@
 """Train the model on data/prepared: writes models/model.pt and reports/train/{log.csv,curves.png}."""
 from pathlib import Path
 
-from pipeline.stage import run_stage
+from pipeline.tracking.stage import run_stage
 
 PREPARED = Path("data/prepared")
 OUTPUTS = dict(model_path=Path("models/model.pt"), log_path=Path("reports/train/log.csv"),
@@ -11,12 +11,12 @@ CURVES = Path("reports/train/curves.png")
 
 def main(params, run, args):
     """Train the model (model.arch) on the prepared train split, validating on the val split (resumes an interrupted run)."""
-    from pipeline.data import read_label_map
-    from pipeline.distributed import resolve_precision, select_device
-    from pipeline.inference import validation_scorer
-    from pipeline.reports import training_curves_figure
-    from pipeline.train import VALIDATION_COLUMNS, TrainOutputs, train
-    from pipeline.tracking import fingerprint
+    from pipeline.data.layout import read_label_map
+    from pipeline.utils.distributed import resolve_precision, select_device
+    from pipeline.evaluation.inference import validation_scorer
+    from pipeline.analysis.figures import training_curves_figure
+    from pipeline.training.loop import VALIDATION_COLUMNS, TrainOutputs, train
+    from pipeline.tracking.fingerprint import fingerprint
 
     device = select_device(params.train.device)
     run.set_tags({"data_fingerprint": fingerprint(PREPARED.glob("*.json")), "device": str(device),

@@ -44,9 +44,9 @@ def untrained_model(tiny_project, tmp_path_factory) -> Path:
     import torch
 
     from pipeline.config import load, to_dict
-    from pipeline.data import read_label_map
-    from pipeline.model import build_model
-    from pipeline.train import MODEL_SECTIONS
+    from pipeline.data.layout import read_label_map
+    from pipeline.models.yolact.model import build_model
+    from pipeline.training.loop import MODEL_SECTIONS
 
     params = load(tiny_project / "params.yaml")
     label_map = read_label_map(tiny_project / "data/prepared")

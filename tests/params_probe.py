@@ -15,7 +15,8 @@ import sys
 import typing
 from pathlib import Path
 
-NOT_OUTPUT_SHAPING = {"config.py", "tracking.py", "stage.py", "provenance.py"}
+# Folders (relative to the project) whose reads do not count: parsing and validation, tracking and the stage runner.
+NOT_OUTPUT_SHAPING = ("pipeline/config/", "pipeline/tracking/")
 TRACKING_SECTION = "mlflow."  # where runs are logged, never what a stage computes
 
 
@@ -52,7 +53,7 @@ def main() -> None:
                 and name not in overridden.get(id(self), ())):
             filename = reader(sys._getframe(1))
             key = prefixes[cls] + name
-            if filename and Path(filename).name not in NOT_OUTPUT_SHAPING and not key.startswith(TRACKING_SECTION):
+            if filename and not Path(filename).relative_to(project).as_posix().startswith(NOT_OUTPUT_SHAPING) and not key.startswith(TRACKING_SECTION):
                 reads.add(key)
         return value
 
@@ -88,7 +89,7 @@ def main() -> None:
         return new
 
     config.load, config.replace = tracking_load, tracking_replace
-    from pipeline import stage  # it imported load by name
+    from pipeline.tracking import stage
 
     stage.load = tracking_load
     for cls in prefixes:

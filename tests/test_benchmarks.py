@@ -28,12 +28,12 @@ from benchmarks.workloads import (
     yolact_infer_step,
     yolact_train_step,
 )
-from pipeline.anchors import make_priors
+from pipeline.models.priors.anchors import make_priors
 from pipeline.config import load
-from pipeline.data import read_label_map
-from pipeline.distributed import Dist
-from pipeline.model import build_model, count_flops
-from pipeline.sampling import SampleStream
+from pipeline.data.layout import read_label_map
+from pipeline.utils.distributed import Dist
+from pipeline.models.yolact.model import build_model, count_flops
+from pipeline.training.sampling import SampleStream
 from tests.conftest import REPO
 
 CPU = torch.device("cpu")

@@ -18,19 +18,23 @@ import pytest
 from tests.conftest import PYTHON, REPO, stage_env
 from tests.tiny import make_project
 
-# Modules that cannot change a stage's outputs: the stage runner, MLflow tracking, provenance tags, errors,
-# and what tracking uses: the spool of runs the store did not get and its sync (they write only under
-# .mlflow-spool/ and to MLflow), the registered model (it writes only to MLflow; the pyfunc wrapper it logs,
-# pipeline/pyfunc_model.py, is a file it ships, never imported by a stage).
-EXEMPT_MODULES = {"pipeline/__init__.py", "stages/__init__.py", "pipeline/stage.py", "pipeline/tracking.py",
-                  "pipeline/provenance.py", "pipeline/errors.py", "pipeline/spool.py", "pipeline/sync.py",
-                  "pipeline/registry.py"}
+# Code that cannot change a stage's outputs: the top-level packages' __init__ files (the lazy re-exports of
+# the public names, and an empty one), the errors module, and the tracking package: the stage runner, MLflow
+# runs and the store, provenance tags, the spool of runs the store did not get and its sync (they write only
+# under .mlflow-spool/ and to MLflow) and the registered model (it writes only to MLflow; the pyfunc wrapper it
+# logs, pipeline/deploy/pyfunc_model.py, is a file it ships, never imported by a stage).
+EXEMPT_MODULES = {"pipeline/__init__.py", "stages/__init__.py", "pipeline/utils/errors.py"}
+EXEMPT_FOLDERS = ("pipeline/tracking/",)
+# Stages whose code deps must be exact: only files, each of them imported. A figure or report tweak must never
+# re-run training or an ablation cell (folder deps would: a folder's hash changes with any file in it).
+EXACT_STAGES = ("train", "ablate")
+CODE_ROOTS = ("pipeline", "stages")
 
 
 def module_file(name: str, root: Path = REPO) -> Path | None:
     """The project source file of a dotted module name, or None for other packages."""
     parts = name.split(".")
-    if parts[0] not in ("pipeline", "stages"):
+    if parts[0] not in CODE_ROOTS:
         return None
     path = root.joinpath(*parts)
     if path.with_suffix(".py").is_file():
@@ -40,9 +44,22 @@ def module_file(name: str, root: Path = REPO) -> Path | None:
     return None
 
 
-def imported_modules(path: Path, root: Path = REPO) -> set[Path]:
-    """Project modules imported anywhere in ``path`` (top level or inside functions)."""
+def package_inits(path: Path, root: Path = REPO) -> set[Path]:
+    """The ``__init__.py`` of every package above ``path``: importing ``a.b.c`` runs ``a`` and ``a.b`` first."""
+    found, directory = set(), path.parent
+    while directory != root and root in directory.parents:
+        if (directory / "__init__.py").is_file():
+            found.add(directory / "__init__.py")
+        directory = directory.parent
+    return found - {path}
+
+
+def imported_modules(path: Path, root: Path = REPO, inits: bool = True) -> set[Path]:
+    """Project modules imported anywhere in ``path`` (top level or inside functions), with (``inits``) the
+    ``__init__.py`` of each package on the way, which Python runs before the module."""
     package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
+    if path.name == "__init__.py":
+        package = ".".join(path.relative_to(root).parts[:-1])
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
@@ -58,7 +75,9 @@ def imported_modules(path: Path, root: Path = REPO) -> set[Path]:
             file = module_file(name, root)
             if file is not None:
                 found.add(file)
-    return found
+                if inits:
+                    found |= package_inits(file, root)
+    return found | package_inits(path, root) if inits else found
 
 
 def module_closure(entry: Path, root: Path = REPO) -> set[str]:
@@ -84,13 +103,36 @@ def covered(key: str, declared: set[str]) -> bool:
     return any(key == d or key.startswith(d + ".") or d.startswith(key + ".") for d in declared)
 
 
-def undeclared_modules(stage: dict) -> set[str]:
-    entry = module_file(stage_module(stage["cmd"]))
-    return module_closure(entry) - EXEMPT_MODULES - set(stage["deps"])
+def code_deps(stage: dict) -> list[str]:
+    """The deps that are project code: files and folders under ``pipeline/`` or ``stages/``."""
+    return [d.rstrip("/") for d in stage["deps"] if d.split("/")[0] in CODE_ROOTS]
 
 
-def undeclared_params(reads: list[str], stage: dict) -> set[str]:
-    return {key for key in reads if not covered(key, set(stage["params"]))}
+def declares(module: str, deps: list[str]) -> bool:
+    """A module is declared by its own file or by a folder above it."""
+    return any(module == d or module.startswith(d + "/") for d in deps)
+
+
+def exempt(module: str) -> bool:
+    return module in EXEMPT_MODULES or module.startswith(EXEMPT_FOLDERS)
+
+
+def stage_closure(stage: dict, root: Path = REPO) -> set[str]:
+    return {m for m in module_closure(module_file(stage_module(stage["cmd"]), root), root) if not exempt(m)}
+
+
+def undeclared_modules(stage: dict, root: Path = REPO) -> set[str]:
+    deps = code_deps(stage)
+    return {m for m in stage_closure(stage, root) if not declares(m, deps)}
+
+
+def inexact_deps(name: str, stage: dict, root: Path = REPO) -> set[str]:
+    """For the exact stages (train, each ablate cell): code deps that are folders, or files the stage does
+    not import. Empty for the other stages, which may name a folder they import."""
+    if name.split("@")[0] not in EXACT_STAGES:
+        return set()
+    closure = stage_closure(stage, root)
+    return {d for d in code_deps(stage) if (root / d).is_dir() or d not in closure}
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +159,51 @@ def test_every_stage_declares_the_modules_it_imports(dvc_stages):
     assert not {name: mods for name, mods in missing.items() if mods}, missing
 
 
+def test_train_and_ablate_deps_are_exact(dvc_stages):
+    """train and every ablate cell list files, each imported: a change elsewhere never re-runs them."""
+    _, stages = dvc_stages
+    assert any(name.startswith("ablate@") for name in stages)
+    extra = {name: sorted(inexact_deps(name, stage)) for name, stage in stages.items()}
+    assert not {name: deps for name, deps in extra.items() if deps}, extra
+
+
 def test_a_removed_module_dep_is_caught(dvc_stages):
     _, stages = dvc_stages
     stage = dict(stages["train"])
-    stage["deps"] = [d for d in stage["deps"] if d != "pipeline/loss.py"]
-    assert undeclared_modules(stage) == {"pipeline/loss.py"}
+    stage["deps"] = [d for d in stage["deps"] if d != "pipeline/models/yolact/loss.py"]
+    assert undeclared_modules(stage) == {"pipeline/models/yolact/loss.py"}
+
+
+def test_a_removed_folder_dep_is_caught(dvc_stages):
+    """A stage that names a folder: without it, every module of the folder it imports is undeclared."""
+    _, stages = dvc_stages
+    folders = {name: [d for d in code_deps(stage) if (REPO / d).is_dir()] for name, stage in stages.items()}
+    name, (folder, *_) = next((n, f) for n, f in folders.items() if f)
+    stage = dict(stages[name])
+    stage["deps"] = [d for d in stage["deps"] if d.rstrip("/") != folder]
+    missing = undeclared_modules(stage)
+    assert missing and all(m.startswith(folder + "/") for m in missing), missing
+    assert "pipeline/config/loader.py" in undeclared_modules(
+        {**stages["train"], "deps": [d for d in stages["train"]["deps"] if d != "pipeline/config/loader.py"]})
+
+
+def test_package_inits_are_in_the_closure():
+    """Importing pipeline.models.yolact.loss runs pipeline/models/__init__.py and .../yolact/__init__.py."""
+    closure = module_closure(REPO / "pipeline/models/yolact/loss.py")
+    assert {"pipeline/models/__init__.py", "pipeline/models/yolact/__init__.py", "pipeline/__init__.py"} <= closure
+
+
+def test_an_unimported_dep_of_train_or_ablate_is_caught(dvc_stages):
+    """Exactness: train depending on code it does not import (a folder, or a figure module) fails."""
+    _, stages = dvc_stages
+    stage = dict(stages["train"])
+    assert not inexact_deps("train", stage)
+    assert inexact_deps("train", {**stage, "deps": [*stage["deps"], "pipeline/ablation/anchor_figures.py"]}) == {
+        "pipeline/ablation/anchor_figures.py"}
+    assert inexact_deps("train", {**stage, "deps": [*stage["deps"], "pipeline/models"]}) == {"pipeline/models"}
+    cell = next(name for name in stages if name.startswith("ablate@"))
+    assert inexact_deps(cell, {**stages[cell], "deps": [*stages[cell]["deps"], "pipeline/analysis/figures.py"]}) == {
+        "pipeline/analysis/figures.py"}
 
 
 def test_every_stage_declares_the_params_it_reads(dvc_stages, tmp_path):

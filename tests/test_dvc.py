@@ -93,7 +93,7 @@ def test_a_code_change_retrains_from_scratch(repro):
     """Changed loss code never resumes the weights the old code trained (issue: stale checkpoints)."""
     project, _ = repro
     before = torch.load(project / "models/model.pt", map_location="cpu", weights_only=True)
-    loss_py = project / "pipeline/loss.py"
+    loss_py = project / "pipeline/models/yolact/loss.py"
     source = loss_py.read_text()
     marker = "def yolact_loss("
     assert marker in source
@@ -145,7 +145,7 @@ def test_runs_from_a_clean_checkout_are_clean_and_carry_dvc_hashes(repro):
     assert tags["git_dirty"] == "false"  # DVC rewrote reports/ and dvc.lock: not a change of the sources
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["train"]
     locked = {dep["path"]: dep.get("md5") for dep in lock["deps"]}
-    assert tags["dvc_dep.pipeline/train.py"] == locked["pipeline/train.py"]
+    assert tags["dvc_dep.pipeline/training/loop.py"] == locked["pipeline/training/loop.py"]
     assert tags["dvc_dep.data/prepared"] == locked["data/prepared"]
     ablation = client.get_experiment_by_name("yolact-ablation")
     runs = client.search_runs([ablation.experiment_id])

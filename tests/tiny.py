@@ -50,6 +50,7 @@ def make_project(dest: Path, extra: dict | None = None, git: bool = False) -> Pa
     if git:
         shutil.copytree(REPO / ".dvc", dest / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
         shutil.copy2(REPO / ".gitignore", dest / ".gitignore")
+        shutil.copy2(REPO / ".dvcignore", dest / ".dvcignore")
         for args in (["init", "-q"], ["config", "user.name", "test"], ["config", "user.email", "test@example.com"],
                      ["add", "-A"], ["commit", "-qm", "tiny project"]):
             subprocess.run(["git", *args], cwd=dest, check=True, capture_output=True)
@@ -68,7 +69,7 @@ def run_stage(project: Path, stage: str, *args: str, env: dict | None = None, ch
 def kill_train_after_checkpoint(project: Path, env: dict, iteration: int = 4) -> int:
     """Start the train stage in ``project`` and SIGKILL it as soon as it has saved a checkpoint at
     ``iteration`` or later; returns the iteration of the checkpoint it left behind."""
-    from pipeline.checkpoints import load_checkpoint
+    from pipeline.training.checkpoints import load_checkpoint
 
     proc = subprocess.Popen([PYTHON, "-m", "stages.train"], cwd=project, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
