@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PYTHON, REPO, stage_env
-from tests.tiny import make_project
+from tests.tiny import WARM, make_project
 
 # Code that cannot change a stage's outputs: the top-level packages' __init__ files (the lazy re-exports of
 # the public names, and an empty one), the errors module, and the tracking package: the stage runner, MLflow
@@ -135,10 +135,14 @@ def inexact_deps(name: str, stage: dict, root: Path = REPO) -> set[str]:
     return {d for d in code_deps(stage) if (root / d).is_dir() or d not in closure}
 
 
+def undeclared_params(reads: list[str], stage: dict) -> set[str]:
+    return {key for key in reads if not covered(key, set(stage["params"]))}
+
+
 @pytest.fixture(scope="module")
 def dvc_stages(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     """The tiny project as a DVC repo and its stages as DVC resolves them: name -> cmd, deps, params."""
-    project = make_project(tmp_path_factory.mktemp("deps") / "project", git=True)
+    project = make_project(tmp_path_factory.mktemp("deps") / "project", WARM, git=True)
     script = (
         "import json; from dvc.repo import Repo\n"
         "stages = {}\n"
@@ -209,7 +213,7 @@ def test_an_unimported_dep_of_train_or_ablate_is_caught(dvc_stages):
 def test_every_stage_declares_the_params_it_reads(dvc_stages, tmp_path):
     project, stages = dvc_stages
     env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
-    order = ["generate", "prepare", "train", "evaluate", "anchors"]
+    order = ["generate", "prepare", "pretrain", "train", "evaluate", "anchors"]
     order += sorted(n for n in stages if n.startswith("ablate@")) + ["report"]
     undeclared, reads_of = {}, {}
     for name in order:

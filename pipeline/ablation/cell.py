@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.ablation.grid import CellOutputs
-from pipeline.config import ConfigError, Params, replace
+from pipeline.config import ConfigError, Params, portable_uri, replace
 from pipeline.data.layout import ground_truth_path, read_label_map
 from pipeline.utils.distributed import select_device
 from pipeline.analysis.error_analysis import ERROR_TYPES, tide_errors
@@ -23,6 +23,7 @@ from pipeline.evaluation.matches import save_image_matches
 from pipeline.evaluation.inference import flat_metrics, predict, score, split_loader, validation_scorer
 from pipeline.models.loading import load_model
 from pipeline.utils.io import atomic_write_json
+from pipeline.training.checkpoints import weights_hash
 from pipeline.training.loop import VALIDATION_COLUMNS, TrainOutputs, train
 
 
@@ -80,9 +81,10 @@ def run_cell(params: Params, prepared_dir: Path, work_dir: Path, outputs: CellOu
     run.log_metrics({**{f"test_{k}": v for k, v in metrics.items()}, **tide_metrics, "train_seconds": train_seconds,
                      "inference_s_per_image": predictions.seconds_per_image})
     row = {**grid, "seed": params.seed, "iterations": params.train.iterations, "test_images": predictions.num_images,
-           **metrics, **tide_metrics, "val_curve": curve, "train_seconds": round(train_seconds, 2),
+           "warm_start": weights_hash(params), **metrics, **tide_metrics, "val_curve": curve,
+           "train_seconds": round(train_seconds, 2),
            "inference_s_per_image": predictions.seconds_per_image, "mlflow_run_id": run.run_id or "",
-           "mlflow_parent_run_id": run.parent_run_id or "", "mlflow_tracking_uri": run.uri if run.online else ""}
+           "mlflow_parent_run_id": run.parent_run_id or "", "mlflow_tracking_uri": portable_uri(run.uri) if run.online else ""}
     atomic_write_json(outputs.result, row)
     return row
 

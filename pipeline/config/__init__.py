@@ -2,7 +2,16 @@
 it and preset overlays (:mod:`~pipeline.config.loader`), cross-field validation (:mod:`~pipeline.config.validation`)
 and the repository's paths (:mod:`~pipeline.config.paths`). The public names are re-exported here, so
 ``pipeline.config.load`` and ``from pipeline.config import Params`` are the way to use it."""
-from pipeline.config.paths import PACKAGE_DIR, REPO_ROOT, WEIGHTS_DIR, resolve_path
+from pipeline.config.paths import (
+    PACKAGE_DIR,
+    PRETRAIN_WEIGHTS,
+    PRETRAINED_BY_STAGE,
+    REPO_ROOT,
+    WEIGHTS_DIR,
+    portable_uri,
+    resolve_path,
+    weights_path,
+)
 from pipeline.config.schema import (
     FPN_LEVELS,
     SYNTHETIC_MAX_IMAGES,
@@ -24,6 +33,7 @@ from pipeline.config.schema import (
     MlflowParams,
     ModelParams,
     Params,
+    PretrainParams,
     SyntheticParams,
     TrainParams,
     flatten,

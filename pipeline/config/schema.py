@@ -84,7 +84,7 @@ class BackboneParams:
     strides: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
     dilations: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
     out_indices: list[int] = field(default_factory=lambda: [1, 2, 3])
-    pretrained: Optional[str] = None
+    pretrained: Optional[str] = None     # null, "pretrain" (the pretrain stage's weights) or a file under weights/
 
 
 @dataclass(frozen=True)
@@ -206,6 +206,18 @@ class MlflowParams:
 
 
 @dataclass(frozen=True)
+class PretrainParams:
+    """The warm-start stage: the trunk trained on semantic segmentation of the train masks (AdamW, cosine)."""
+
+    iterations: int = 600
+    batch_size: int = 16
+    lr: float = 0.002
+    weight_decay: float = 0.05
+    warmup_iterations: int = 50
+    eval_every: int = 200                # val mean IoU every N iterations (and at the end)
+
+
+@dataclass(frozen=True)
 class AblationTrainParams:
     """Overrides of ``train.*`` for every ablation cell (None: as in ``train``)."""
 
@@ -239,6 +251,7 @@ class Params:
     loss: LossParams = field(default_factory=LossParams)
     train: TrainParams = field(default_factory=TrainParams)
     eval: EvalParams = field(default_factory=EvalParams)
+    pretrain: PretrainParams = field(default_factory=PretrainParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
     ablation: AblationParams = field(default_factory=AblationParams)
 

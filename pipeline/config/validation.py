@@ -15,7 +15,7 @@ from pipeline.config.schema import (
     SYNTHETIC_SPLITS,
     flatten,
 )
-from pipeline.config.paths import REPO_ROOT, WEIGHTS_DIR, _resolve
+from pipeline.config.paths import PRETRAINED_BY_STAGE, REPO_ROOT, WEIGHTS_DIR, _resolve
 
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # names that reach a shell command through dvc.yaml
@@ -88,7 +88,8 @@ def validate(params: Params, base_dir: Path = REPO_ROOT) -> None:
         0 <= i <= 3 for i in bb.out_indices
     ):
         raise ConfigError("model.backbone.out_indices", "must be increasing stage indices in 0..3")
-    if bb.pretrained is not None:
+    if bb.pretrained is not None and bb.pretrained != PRETRAINED_BY_STAGE:
+        # "pretrain" names a file the pretrain stage writes: a fresh clone has none yet, so it is not checked here
         _weights_file("model.backbone.pretrained", bb.pretrained, base_dir)
     if params.model.init_from is not None:
         _weights_file("model.init_from", params.model.init_from, base_dir)
@@ -199,6 +200,13 @@ def validate(params: Params, base_dir: Path = REPO_ROOT) -> None:
     for i, name in enumerate(abl.anchor_scales):
         if name not in abl.scale_sets:
             raise ConfigError(f"ablation.anchor_scales[{i}]", f"'{name}' is not in ablation.scale_sets")
+    pre = params.pretrain
+    for key in ("iterations", "batch_size", "eval_every"):
+        _positive(f"pretrain.{key}", getattr(pre, key))
+    _positive("pretrain.lr", pre.lr)
+    _non_negative("pretrain.weight_decay", pre.weight_decay)
+    _non_negative("pretrain.warmup_iterations", pre.warmup_iterations)
+
     if abl.train.iterations is not None:
         _positive("ablation.train.iterations", abl.train.iterations)
     if abl.train.eval_every is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config import Params, flatten, resolve_path, to_dict
+from pipeline.config import Params, flatten, to_dict, weights_path
 from pipeline.data.layout import annotations_path, image_dir, read_label_map
 from pipeline.utils.errors import PipelineError
 from pipeline.utils.io import atomic_file
@@ -69,7 +69,7 @@ def weights_hash(params: Params) -> str:
     for key in WEIGHT_FILE_PARAMS:
         if flat[key] is not None:
             content = hashlib.sha256()
-            with open(resolve_path(flat[key]), "rb") as file:
+            with open(weights_path(flat[key]), "rb") as file:
                 for chunk in iter(lambda: file.read(1 << 20), b""):
                     content.update(chunk)
             digest.update(f"{key}:{content.hexdigest()}\n".encode())

@@ -163,6 +163,8 @@ def train(
             now = time.perf_counter()
             row = {"iteration": done, "lr": lr, **_reduced(losses, net.loss_terms, dinfo)}
             row["images_per_s"] = tp.batch_size * (done - (last_row.get("iteration") or start)) / max(now - tick, 1e-9)
+            # training wall-clock so far, validation excluded (a resumed run continues the interrupted one's)
+            row["seconds"] = last_row.get("seconds", 0.0) + (now - tick)
             if validating and dinfo.is_main:
                 row.update(_validated(validate, model))
                 if tp.keep_best and (best is None or row["val_segm_AP"] > best["score"]):
@@ -234,7 +236,7 @@ def _validated(validate: Validator, model: nn.Module) -> dict[str, float]:
 
 def log_columns(loss_terms: Sequence[str]) -> tuple[str, ...]:
     """The columns of the training log (``reports/train/log.csv``) of an architecture's loss terms."""
-    return ("iteration", "lr", "loss", *loss_terms, "images_per_s", *VALIDATION_COLUMNS)
+    return ("iteration", "lr", "loss", *loss_terms, "images_per_s", "seconds", *VALIDATION_COLUMNS)
 
 
 def _check_finite(losses: dict[str, Tensor], loss_terms: Sequence[str], iteration: int, ckpt_path: Path) -> None:

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from pipeline.models.backbone.resnet import ResNet, load_torchvision_weights
-from pipeline.config import Params, resolve_path
+from pipeline.config import PRETRAIN_WEIGHTS, PRETRAINED_BY_STAGE, Params, weights_path
+from pipeline.utils.errors import PipelineError
 from pipeline.models.backbone.fpn import FPN
 
 
 def build_trunk(params: Params) -> tuple[ResNet, FPN]:
-    """The ResNet of ``params.model.backbone`` (a ``pretrained`` torchvision state dict loaded into it;
-    relative paths from the repository root) and the FPN of ``params.model.fpn`` over its outputs."""
+    """The ResNet of ``params.model.backbone`` (a ``pretrained`` state dict loaded into it: a torchvision file,
+    relative paths from the repository root, or the pretrain stage's warm start) and the FPN of
+    ``params.model.fpn`` over its outputs."""
     bb = params.model.backbone
     backbone = ResNet(
         depth=bb.depth,
@@ -25,7 +27,11 @@ def build_trunk(params: Params) -> tuple[ResNet, FPN]:
         out_indices=bb.out_indices,
     )
     if bb.pretrained is not None:
-        load_torchvision_weights(backbone, resolve_path(bb.pretrained))
+        path = weights_path(bb.pretrained)
+        if bb.pretrained == PRETRAINED_BY_STAGE and not path.is_file():
+            raise PipelineError(f"{PRETRAIN_WEIGHTS}: the warm start is not written yet (model.backbone.pretrained: "
+                                f"{PRETRAINED_BY_STAGE}); run `dvc repro pretrain` or python -m stages.pretrain first")
+        load_torchvision_weights(backbone, path)
     fp = params.model.fpn
     fpn = FPN(
         backbone.out_channels,
