@@ -103,6 +103,10 @@ def covered(key: str, declared: set[str]) -> bool:
     return any(key == d or key.startswith(d + ".") or d.startswith(key + ".") for d in declared)
 
 
+def undeclared_params(reads: list[str], stage: dict) -> set[str]:
+    return {key for key in reads if not covered(key, set(stage["params"]))}
+
+
 def code_deps(stage: dict) -> list[str]:
     """The deps that are project code: files and folders under ``pipeline/`` or ``stages/``."""
     return [d.rstrip("/") for d in stage["deps"] if d.split("/")[0] in CODE_ROOTS]

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from torchvision import tv_tensors
 
 from pipeline import config
@@ -177,8 +176,9 @@ def original_forward(s: dict[str, torch.Tensor], x: torch.Tensor, depth: int, ma
 
 
 def preset_params(preset: str, **dotted) -> config.Params:
-    """A released preset with overrides, unvalidated (no COCO root or weight file here)."""
-    raw = yaml.safe_load((REPO / "configs" / preset).read_text())
+    """A released preset (an overlay, merged onto params.yaml) with overrides, unvalidated (no COCO root or
+    weight file here)."""
+    raw, _ = config.read_raw(REPO / "configs" / preset)
     for key, value in dotted.items():
         node = raw
         *parents, last = key.split(".")
@@ -317,12 +317,14 @@ def test_an_unreadable_file_is_named(tmp_path):
 def test_every_preset_loads_and_validates(tmp_path, preset):
     project = tmp_path / "project"
     (project / "weights").mkdir(parents=True)
-    shutil.copy(REPO / "configs" / preset, project / "params.yaml")
-    model = yaml.safe_load((project / "params.yaml").read_text())["model"]
+    (project / "configs").mkdir()
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    shutil.copy(REPO / "configs" / preset, project / "configs" / preset)  # an overlay of ../params.yaml
+    model = config.read_raw(project / "configs" / preset)[0]["model"]
     for path in (model["backbone"]["pretrained"], model.get("init_from")):
         if path:
             (project / path).touch()
-    params = config.load(project / "params.yaml", [f"data.root={tmp_path}"])
+    params = config.load(project / "configs" / preset, [f"data.root={tmp_path}"])
     if preset in RELEASED:
         file, depth, size, scales = RELEASED[preset]
         check_params(params)
