@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from pipeline.analysis.bootstrap import bootstrap_ap, paired_bootstrap_difference
-from pipeline.config import Params, load, replace
+from pipeline.config import Params, load, portable_uri, replace
 from pipeline.data.layout import ground_truth_path
 from pipeline.evaluation.coco import IOU_TYPES, coco_evaluate
 from pipeline.data.coco import load_coco
@@ -65,7 +65,7 @@ def main() -> None:
     accuracy = _accuracy(runs, gt_a, params[a].eval.bootstrap_resamples, params[a].seed)
     training = _training_speed(runs, params, args.warmup, args.steps, args.rounds)
     inference = _inference_speed(runs, params, args.images, args.rounds)
-    report = {"runs": {name: str(d) for name, d in runs.items()}, "accuracy": accuracy,
+    report = {"runs": {name: portable_uri(str(d.resolve())) for name, d in runs.items()}, "accuracy": accuracy,
               "training": training, "inference": inference, "threads": torch.get_num_threads(),
               "settings": {"steps": args.steps, "warmup": args.warmup, "images": args.images, "rounds": args.rounds}}
     atomic_write_json(args.out.with_suffix(".json"), report)

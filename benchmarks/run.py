@@ -23,7 +23,7 @@ import torch
 import torchvision
 from torch import Tensor
 
-from pipeline.config import REPO_ROOT, ConfigError, Params, load, resolve_path
+from pipeline.config import REPO_ROOT, ConfigError, Params, load, portable_uri, resolve_path
 from pipeline.data.layout import read_label_map
 from pipeline.utils.distributed import autocast_dtype, resolve_precision, select_device
 from pipeline.utils.errors import PipelineError
@@ -366,10 +366,10 @@ def evaluation_model(
     per image); and which of the two it is."""
     if path.is_file():
         trained = load_model(path, device)
-        return trained.model, replace(params, input=trained.params.input, loss=trained.params.loss), str(path)
+        return trained.model, replace(params, input=trained.params.input, loss=trained.params.loss), portable_uri(str(path))
     torch.manual_seed(params.seed)
     model = build_model(params, num_classes=len(read_label_map(prepared))).to(device)
-    return model, params, "random (seeded): no trained model at " + str(path)
+    return model, params, "random (seeded): no trained model at " + portable_uri(str(path))
 
 
 def ensure_prepared(prepared: Path, args: argparse.Namespace) -> None:

@@ -139,10 +139,6 @@ def inexact_deps(name: str, stage: dict, root: Path = REPO) -> set[str]:
     return {d for d in code_deps(stage) if (root / d).is_dir() or d not in closure}
 
 
-def undeclared_params(reads: list[str], stage: dict) -> set[str]:
-    return {key for key in reads if not covered(key, set(stage["params"]))}
-
-
 @pytest.fixture(scope="module")
 def dvc_stages(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     """The tiny project as a DVC repo and its stages as DVC resolves them: name -> cmd, deps, params."""
