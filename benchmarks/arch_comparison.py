@@ -9,8 +9,9 @@ ground truth. What each side does, identically:
 - accuracy: its evaluate stage's test results re-scored with COCOeval, image-bootstrap 95% intervals and
   the paired bootstrap interval of the difference (the same resampled images for both);
 - training: the train stage's loop (``pipeline.training.loop.train``) for ``--warmup + --steps`` iterations from
-  scratch, fp32, the run's own params and batch, data loading included; images/s is the median over the
-  steps after the warm-up, pooled over ``--rounds`` rounds run in turn (A, B, A, B, ...);
+  the run's own initialisation (its ``model.backbone.pretrained``), fp32, its own params and batch, data
+  loading included; images/s is the median over the steps after the warm-up, pooled over ``--rounds``
+  rounds run in turn (A, B, A, B, ...);
 - inference: the evaluate stage's ``predict`` (forward, post-processing to boolean masks at the original
   size and RLE encoding; data loading excluded) on the first ``--images`` test images, fp32, after one
   warm-up pass; images/s is 1 / the median over ``--rounds`` passes run in turn.
