@@ -37,6 +37,9 @@ def test_runs_spooled_from_the_start_sync_with_their_links_model_and_champion(tm
     train = spooled_run(root, uri, "train")
     train.set_tags({"dvc_stage": "train"})
     train.log_params({"loss.pos_iou": 0.5})
+    data = {"name": "prepared/train", "digest": "0123456789abcdef0123456789abcdef.dir", "source": "data/prepared",
+            "context": "train"}
+    train.log_inputs([data])
     for step in (1, 2, 3):
         train.log_metrics({"train/loss": 3.0 - step, "train/odd": math.nan if step == 2 else math.inf}, step=step)
     train.log_artifact(root / "log.csv", "train")
@@ -69,6 +72,10 @@ def test_runs_spooled_from_the_start_sync_with_their_links_model_and_champion(tm
     killed_run = client.get_run(ids[killed._entry.id])
     assert train_run.info.status == "FINISHED" and train_run.info.run_name == "train"
     assert train_run.data.params == {"loss.pos_iou": "0.5"}
+    assert client.get_experiment(train_run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    (logged,) = train_run.inputs.dataset_inputs  # the dataset input, sent by the sync
+    assert (logged.dataset.name, logged.dataset.digest) == (data["name"], data["digest"])
+    assert {t.key: t.value for t in logged.tags}["mlflow.data.context"] == "train"
     assert [(m.step, m.value) for m in client.get_metric_history(train_run.info.run_id, "train/loss")] == [
         (1, 2.0), (2, 1.0), (3, 0.0)]
     odd = sorted((m.step, m.value) for m in client.get_metric_history(train_run.info.run_id, "train/odd"))
@@ -79,6 +86,9 @@ def test_runs_spooled_from_the_start_sync_with_their_links_model_and_champion(tm
     assert eval_run.data.tags["mlflow.parentRunId"] == train_run.info.run_id
     version = model_version(client, train_run.info.run_id)  # registered at sync time
     assert float(version.tags["test_segm_AP"]) == 0.25
+    card = client.get_model_version("yolact", version.version).description  # the model card
+    assert data["digest"] in card and "| mask AP | 0.2500 |" in card and f'"models:/yolact/{version.version}"' in card
+    assert "models:/yolact@champion" in client.get_registered_model("yolact").description
     assert client.get_model_version_by_alias("yolact", "champion").version == version.version
     assert killed_run.info.status == "KILLED"
     group = client.get_run(killed_run.data.tags["mlflow.parentRunId"])
