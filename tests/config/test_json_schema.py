@@ -97,3 +97,14 @@ def test_the_schema_finds_a_mistyped_key_and_a_wrong_type():
     raw["loss"] = {**raw["loss"], "pos_iuo": 0.6, "neg_iou": "high"}
     errors = check(raw, schema)
     assert len(errors) == 2 and any("pos_iuo" in e for e in errors) and any("high" in e for e in errors)
+
+
+def test_no_stage_imports_the_generator_and_dvc_does_not_hash_it():
+    """It lives in pipeline/config, a folder dep of several stages: .dvcignore keeps it out of that folder's hash."""
+    from tests.test_dependencies import module_closure, module_file, stage_module
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        closure = module_closure(module_file(stage_module(stage["cmd"])))
+        assert "pipeline/config/json_schema.py" not in closure, name
+    assert "/pipeline/config/json_schema.py" in (REPO / ".dvcignore").read_text().splitlines()
