@@ -27,14 +27,14 @@ NOT_DATA = ("models/", "weights", "reports/")
 RAW_CONTEXT = "raw"
 
 
-def data_inputs(stage: str, hashes: dict[str, str], root: Path, roles: tuple[str, ...] | None = None
+def data_inputs(stage: str, hashes: dict[str, str], cwd: Path, roles: tuple[str, ...] | None = None
                 ) -> list[dict[str, str]]:
     """The dataset inputs of a stage run: ``{"name", "digest", "source", "context"}`` each (JSON, so the spool
     journals them as they are). ``hashes``: DVC's dep hashes of the run (empty outside DVC)."""
     roles = STAGE_ROLES.get(stage, ()) if roles is None else roles
     out = []
     if roles:
-        digest = hashes.get(PREPARED) or _computed(root / PREPARED)
+        digest = hashes.get(PREPARED) or _computed(cwd / PREPARED)
         if digest:
             out += [{"name": f"prepared/{role}", "digest": digest, "source": PREPARED, "context": role}
                     for role in roles]

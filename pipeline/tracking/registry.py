@@ -36,7 +36,7 @@ one version per train run, each described by its own card (data, test AP, params
 
 ```python
 model = mlflow.pyfunc.load_model("models:/{MODEL_NAME}@{CHAMPION}")
-detections = model.predict(image)  # uint8 [H, W, 3] RGB -> DataFrame: x1 y1 x2 y2 score label class_name category_id mask
+detections = model.predict(image)  # uint8 [H, W, 3] RGB -> DataFrame, one row per detection
 ```
 
 See docs/tracking.md of the repository."""

@@ -347,7 +347,7 @@ def start_run(
     run.log_params({**flatten(params), **({DEPS_PARAM: deps} if hashes and len(deps) <= _PARAM_MAX else {})})
     if hashes:
         run.log_json(hashes, DEPS_ARTIFACT)
-    run.log_inputs(data_inputs(source, hashes, root, roles))
+    run.log_inputs(data_inputs(source, hashes, Path.cwd(), roles))  # the stage reads data/ relative to its cwd
     if system_metrics.wanted(source):
         run.monitor_system()
     return run

@@ -135,7 +135,8 @@ def test_what_a_user_sees_kind_source_datasets_system_metrics_and_model_card(ser
     seen = {(i.dataset.name, i.dataset.digest, {t.key: t.value for t in i.tags}["mlflow.data.context"])
             for i in train_run.inputs.dataset_inputs}
     assert seen == {("prepared/train", digest, "train"), ("prepared/val", digest, "val")}
-    (found,) = client.search_runs([experiment.experiment_id], f"datasets.digest = '{digest}' and tags.dvc_stage = 'train'")
+    (found,) = client.search_runs([experiment.experiment_id],
+                                  f"datasets.digest = '{digest}' AND tags.dvc_stage = 'train'")
     assert found.info.run_id == train_run.info.run_id
     assert [i.dataset.name for i in runs["evaluate"].inputs.dataset_inputs] == ["prepared/test"]
     assert client.get_metric_history(train_run.info.run_id, "system/cpu_utilization_percentage")

@@ -72,7 +72,8 @@ def test_runs_spooled_from_the_start_sync_with_their_links_model_and_champion(tm
     killed_run = client.get_run(ids[killed._entry.id])
     assert train_run.info.status == "FINISHED" and train_run.info.run_name == "train"
     assert train_run.data.params == {"loss.pos_iou": "0.5"}
-    assert client.get_experiment(train_run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    experiment = client.get_experiment(train_run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     (logged,) = train_run.inputs.dataset_inputs  # the dataset input, sent by the sync
     assert (logged.dataset.name, logged.dataset.digest) == (data["name"], data["digest"])
     assert {t.key: t.value for t in logged.tags}["mlflow.data.context"] == "train"
