@@ -41,6 +41,18 @@ def resolve_tracking_uri(configured: str, root: Path | None = None) -> str:
     return uri
 
 
+def set_experiment(name: str) -> Any:
+    """``mlflow.set_experiment(name)`` for code on MLflow's fluent API (the benchmarks), with the experiment
+    kind every experiment of the pipeline carries (set on an existing experiment that lacks it)."""
+    import mlflow
+
+    experiment = mlflow.set_experiment(name)
+    for key, value in EXPERIMENT_TAGS.items():
+        if key not in experiment.tags:
+            mlflow.set_experiment_tag(key, value)
+    return experiment
+
+
 def sync_spool(uri: str, root: Path | None = None, client: Any = None) -> Any:
     """Replay every run spooled for ``uri`` (:func:`pipeline.tracking.sync.sync_pending`); raises if unreachable."""
     from pipeline.tracking.sync import sync_pending

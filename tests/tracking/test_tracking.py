@@ -203,3 +203,38 @@ def test_required_tracking_fails_fast_with_a_clear_message(project):
     assert "mlflow.required is true" in proc.stderr
     assert not (project / "reports/data").exists()
     assert not [p for p in (project / ".mlflow-spool").glob("*") if p.name != "synced"]  # failed fast, no spool
+
+
+def test_experiments_made_on_the_fluent_api_get_the_training_kind_too(monkeypatch, tmp_path):
+    """The benchmarks' experiments (mlflow.set_experiment), new or made before the kind existed."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, set_experiment
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", uri)  # restored after the test
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    client = MlflowClient(uri)
+    old = client.create_experiment("old")
+    for name in ("new", "old"):
+        set_experiment(name)
+    assert {client.get_experiment_by_name(n).tags[EXPERIMENT_KIND_TAG] for n in ("new", "old")} == {EXPERIMENT_KIND}
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
+def test_a_stage_fixes_the_kind_of_an_experiment_made_before_it_and_keeps_one_set_by_hand(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, _open_experiment
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    old = client.create_experiment("yolact")
+    mine = client.create_experiment("mine", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    assert _open_experiment(uri, "yolact", tmp_path, client)[1] == old
+    _open_experiment(uri, "mine", tmp_path, client)
+    _, new = _open_experiment(uri, "yolact-ablation", tmp_path, client)
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert client.get_experiment(new).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert client.get_experiment(mine).tags[EXPERIMENT_KIND_TAG] == "genai_development"
