@@ -25,6 +25,7 @@ STAGE_ROLES = {
 }
 NOT_DATA = ("models/", "weights", "reports/")
 RAW_CONTEXT = "raw"
+MAX_DIGEST = 36
 
 
 def data_inputs(stage: str, hashes: dict[str, str], cwd: Path, roles: tuple[str, ...] | None = None
@@ -41,7 +42,7 @@ def data_inputs(stage: str, hashes: dict[str, str], cwd: Path, roles: tuple[str,
     for path, value in sorted(hashes.items()):
         if path != PREPARED and not is_code(path) and not path.startswith(NOT_DATA):
             out.append({"name": path, "digest": value, "source": path, "context": RAW_CONTEXT})
-    return out
+    return [spec for spec in out if len(spec["digest"]) <= MAX_DIGEST]  # what MLflow accepts (an md5: 32, .dir: 36)
 
 
 def dataset_inputs(specs: list[dict[str, str]]) -> list[Any]:
