@@ -151,3 +151,26 @@ def test_journal_records_are_json_lines(tmp_path):
     assert [json.loads(line)["op"] for line in lines] == ["start", "metrics"]
     with pytest.raises(FileNotFoundError):
         (tmp_path / ".mlflow-spool" / f".{entry.id}.tmp").stat()  # built under a hidden name, then renamed
+
+
+def test_system_metrics_go_through_the_run_into_its_journal(tmp_path, monkeypatch):
+    """MLflow's monitor, writing into the stage's run: spooled with its other metrics, stopped when it ends."""
+    import time
+
+    from pipeline.tracking import system_metrics
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")
+    run = spooled_run(tmp_path, f"sqlite:///{tmp_path}/store.db", "train")
+    run.monitor_system()
+    deadline = time.time() + 30
+    while time.time() < deadline and not any(p[0].startswith("system/") for p in run._metrics):
+        time.sleep(0.05)
+    run.end("FINISHED")
+    points = [p for r in run._entry.records() if r["op"] == "metrics" for p in r["points"]]
+    assert "system/cpu_utilization_percentage" in {p[0] for p in points}
+    assert run._monitor is None
+    assert system_metrics.wanted("train") and system_metrics.wanted("ablate") and not system_metrics.wanted("prepare")
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    assert not system_metrics.wanted("train")
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
+    assert system_metrics.wanted("prepare")
