@@ -8,8 +8,9 @@ The types come from the dataclasses through pydantic; every section is closed (`
 false``), as :func:`pipeline.config.load` rejects an unknown key; each key's description is its comment in
 ``params.yaml`` (the comment on its line, else the comment lines right above it). Cross-field rules (e.g.
 ``loss.neg_iou < loss.pos_iou``) stay in :mod:`pipeline.config.validation`: the schema checks keys and types.
-No stage imports this module (it is no DVC dependency): ``tests/config/test_json_schema.py`` fails when
-``docs/params.schema.json`` is stale.
+No stage imports this module (and ``.dvcignore`` keeps it out of the ``pipeline/config`` folder's hash):
+``tests/config/test_json_schema.py`` fails when the keys, types or defaults of ``docs/params.schema.json``
+are stale.
 """
 from __future__ import annotations
 

@@ -18,8 +18,19 @@ TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": 
          "integer": int, "number": (int, float)}
 
 
+def without_descriptions(node):
+    """The schema but the descriptions: those come from params.yaml's comments, which applying a preset
+    (python -m stages.preset) may change in a checkout; keys, types and defaults must match."""
+    if isinstance(node, dict):
+        return {k: without_descriptions(v) for k, v in node.items() if k != "description"}
+    if isinstance(node, list):
+        return [without_descriptions(v) for v in node]
+    return node
+
+
 def test_the_committed_schema_is_current():
-    assert (REPO / SCHEMA_PATH).read_text() == render(REPO / "params.yaml"), (
+    committed = json.loads((REPO / SCHEMA_PATH).read_text())
+    assert without_descriptions(committed) == without_descriptions(json.loads(render(REPO / "params.yaml"))), (
         "docs/params.schema.json is stale: run `make schema` (python -m pipeline.config.json_schema)")
 
 
