@@ -1,5 +1,6 @@
 # make repro: the whole DVC pipeline; make test: the test suite; make bench: reports/bench.{json,md};
 # make gpu-check: reports/gpu_check.json, the CUDA path in at most 8 minutes on one GPU (one line without CUDA);
+# make schema: docs/params.schema.json from the typed params;
 # make lock: re-resolve pyproject.toml's requirements into requirements.lock;
 # make mlflow-server: a team MLflow tracking server (docs/tracking.md, "Team tracking server").
 # The virtual environment is created on first use from the lock (every distribution pinned and hashed)
@@ -13,7 +14,7 @@ LOCK := requirements.lock
 UV := uv==0.13.9
 LOCK_FLAGS ?=
 
-.PHONY: repro test bench gpu-check lock clean-venv mlflow-server
+.PHONY: repro test bench gpu-check lock clean-venv mlflow-server schema
 
 # --no-build-isolation: the project builds with the locked setuptools, not whatever the index has today.
 $(INSTALLED): pyproject.toml $(LOCK)
@@ -34,6 +35,10 @@ bench: $(INSTALLED)
 
 gpu-check: $(INSTALLED)
 	$(PY) -m benchmarks.gpu_check
+
+# The JSON Schema of params.yaml (its first line points editors at it), from pipeline/config/schema.py.
+schema: $(INSTALLED)
+	$(PY) -m pipeline.config.json_schema > docs/params.schema.json
 
 # A database backend store and proxied artifacts (clients upload through the server, no storage
 # credentials on their side). MLFLOW_HOST=0.0.0.0 serves the network; MLFLOW_BACKEND=postgresql://...

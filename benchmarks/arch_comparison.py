@@ -189,10 +189,10 @@ def _log_to_mlflow(report: dict[str, Any], params: Params, out: Path, a: str, b:
     try:
         import mlflow
 
-        from pipeline.tracking.store import resolve_tracking_uri
+        from pipeline.tracking.store import resolve_tracking_uri, set_experiment
 
         mlflow.set_tracking_uri(resolve_tracking_uri(params.mlflow.tracking_uri))
-        mlflow.set_experiment("yolact-comparison")
+        set_experiment("yolact-comparison")
         with mlflow.start_run(run_name=f"{a} vs {b}"):
             metrics = {}
             for name in (a, b):

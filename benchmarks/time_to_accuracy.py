@@ -95,11 +95,11 @@ def _log(table: pd.DataFrame, *artifacts: Path) -> None:
     try:
         import mlflow
 
-        from pipeline.tracking.store import resolve_tracking_uri
+        from pipeline.tracking.store import resolve_tracking_uri, set_experiment
 
         params = load("params.yaml")
         mlflow.set_tracking_uri(resolve_tracking_uri(params.mlflow.tracking_uri))
-        mlflow.set_experiment(f"{params.mlflow.experiment}-time")
+        set_experiment(f"{params.mlflow.experiment}-time")
         with mlflow.start_run(run_name="time to accuracy"):
             for name, rows in table.groupby("run", sort=False):
                 key = "".join(c if c.isalnum() else "_" for c in name).strip("_")

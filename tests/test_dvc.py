@@ -146,8 +146,16 @@ def test_runs_from_a_clean_checkout_are_clean_and_carry_dvc_hashes(repro):
     assert tags["git_dirty"] == "false"  # DVC rewrote reports/ and dvc.lock: not a change of the sources
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["train"]
     locked = {dep["path"]: dep.get("md5") for dep in lock["deps"]}
-    assert tags["dvc_dep.pipeline/training/loop.py"] == locked["pipeline/training/loop.py"]
-    assert tags["dvc_dep.data/prepared"] == locked["data/prepared"]
+    deps = json.loads(train_run.data.params["dvc_deps"])  # DVC's hash of every dep, one param
+    assert deps["pipeline/training/loop.py"] == locked["pipeline/training/loop.py"]
+    assert tags["mlflow.source.type"] == "JOB" and tags["mlflow.source.git.commit"] == tags["git_commit"]
+    inputs = {i.dataset.name: i.dataset.digest for i in train_run.inputs.dataset_inputs}
+    assert inputs == {"prepared/train": locked["data/prepared"], "prepared/val": locked["data/prepared"]}
+    pattern = f'%"pipeline/training/loop.py":"{locked["pipeline/training/loop.py"]}"%'  # search by a dep's hash
+    found = client.search_runs([experiment.experiment_id], f"params.dvc_deps LIKE '{pattern}'")
+    assert train_run.info.run_id in {r.info.run_id for r in found}
+    found = client.search_runs([experiment.experiment_id], f"datasets.digest = '{locked['data/prepared']}'")
+    assert train_run.info.run_id in {r.info.run_id for r in found}
     ablation = client.get_experiment_by_name("yolact-ablation")
     runs = client.search_runs([ablation.experiment_id])
     parents = {r.data.tags.get("mlflow.parentRunId") for r in runs if r.data.tags.get("dvc_stage") == "ablate"}

@@ -50,3 +50,45 @@ def dvc_dependency_hashes() -> dict[str, str]:
                 value = hashlib.md5(json.dumps(value, sort_keys=True).encode()).hexdigest()
             hashes[str(dep.def_path)] = str(value)
     return hashes
+
+
+# What a run shows in MLflow's standard fields (the UI's "Source", the runs table's source column).
+SOURCE_TYPE_DVC, SOURCE_TYPE_DIRECT = "JOB", "LOCAL"  # run by DVC (repro, exp run) or typed by hand
+CODE_ROOTS = ("pipeline/", "stages/")
+
+
+def source_tags(stage: str, commit: str) -> dict[str, str]:
+    """MLflow's own source tags beside the project's ``git_commit`` and ``dvc_stage``: the commit, the stage's
+    module (``stages.train``) and whether DVC ran it (``JOB``) or a person did (``LOCAL``)."""
+    tags = {"mlflow.source.name": f"stages.{stage}",
+            "mlflow.source.type": SOURCE_TYPE_DVC if os.environ.get("DVC_STAGE") else SOURCE_TYPE_DIRECT}
+    if commit and commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def is_code(path: str) -> bool:
+    return path.startswith(CODE_ROOTS) or path in ("params.yaml", "dvc.yaml")
+
+
+def code_digest(hashes: dict[str, str]) -> str | None:
+    """One md5 over the code deps' hashes (path and md5, sorted): equal for two runs exactly when DVC saw the
+    same code for the stage. None when there are none (not run by DVC)."""
+    code = sorted((path, value) for path, value in hashes.items() if is_code(path))
+    if not code:
+        return None
+    return hashlib.md5(json.dumps(code).encode()).hexdigest()
+
+
+def directory_digest(path: Path) -> str | None:
+    """The md5 DVC computes for ``path`` (``<md5>.dir`` for a folder, as in ``dvc.lock``), for a stage run
+    outside DVC; None if it does not exist."""
+    if not path.exists():
+        return None
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+    from dvc_objects.fs.memory import MemoryFileSystem
+
+    _, _, obj = build(HashFileDB(MemoryFileSystem(), "/odb"), str(path.resolve()), LocalFileSystem(), "md5")
+    return str(obj.hash_info.value)

@@ -24,6 +24,22 @@ MODEL_NAME = "yolact"
 CHAMPION = "champion"
 RANKING_METRIC = "test_segm_AP"
 VERSION_METRICS = ("test_bbox_AP", "test_segm_AP")
+# The 95% bootstrap intervals of VERSION_METRICS, shown in the version's description (its model card).
+INTERVAL_METRICS = tuple(f"{key}_{end}" for key in VERSION_METRICS for end in ("lo", "hi"))
+# The params a reader of a model card looks for (the run page has them all).
+CARD_PARAMS = ("model.arch", "model.backbone.depth", "model.init_from", "model.backbone.pretrained", "input.size",
+               "anchors.scales", "anchors.aspect_ratios", "loss.pos_iou", "loss.neg_iou", "train.iterations",
+               "train.batch_size", "train.lr", "train.precision", "data.source", "data.categories", "seed")
+MODEL_DESCRIPTION = f"""The pipeline's instance segmentation model (YOLACT, or Mask R-CNN with `model.arch: mask_rcnn`):
+one version per train run, each described by its own card (data, test AP, params). The alias
+`{CHAMPION}` is on the version with the best test mask AP (the evaluate stage moves it).
+
+```python
+model = mlflow.pyfunc.load_model("models:/{MODEL_NAME}@{CHAMPION}")
+detections = model.predict(image)  # uint8 [H, W, 3] RGB -> DataFrame, one row per detection
+```
+
+See docs/tracking.md of the repository."""
 LOGGED_MODEL_NAME = "model"
 # What the predictor imports (pipeline.deploy.predict and the modules it imports); pinned to this environment.
 REQUIREMENTS = ("torch", "torchvision", "numpy", "pillow", "pycocotools", "pyyaml", "pandas", "tqdm")
@@ -61,14 +77,17 @@ def register_model(client: Any, run_id: str, checkpoint: Path, tags: dict[str, s
         client.log_model_artifacts(model.model_id, str(local))
     client.finalize_logged_model(model.model_id, "READY")
     try:
-        client.create_registered_model(MODEL_NAME)
+        client.create_registered_model(MODEL_NAME, description=MODEL_DESCRIPTION)
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+        if not client.get_registered_model(MODEL_NAME).description:  # made before the card: fixed on first use
+            client.update_registered_model(MODEL_NAME, description=MODEL_DESCRIPTION)
     # The artifact location, not models:/<id>: a SQL registry resolves that through the process-wide
     # tracking URI, not this client's.
-    return client.create_model_version(MODEL_NAME, source=model.artifact_location, run_id=run_id, tags=tags,
-                                       model_id=model.model_id, await_creation_for=0)
+    version = client.create_model_version(MODEL_NAME, source=model.artifact_location, run_id=run_id, tags=tags,
+                                          model_id=model.model_id, await_creation_for=0)
+    return _describe(client, version, {})
 
 
 def save_pyfunc(path: Path, checkpoint: Path, logged_model: Any, run_id: str, scratch: Path) -> None:
@@ -117,6 +136,7 @@ def record_evaluation(client: Any, run_id: str, metrics: dict[str, float],
     values = {key: math.nan if metrics.get(key) is None else float(metrics[key]) for key in VERSION_METRICS}
     for key, value in values.items():
         client.set_model_version_tag(MODEL_NAME, version.version, key, repr(value))
+    _describe(client, version, metrics)
     candidate = values[RANKING_METRIC]
     with lock or nullcontext():
         champion = _champion(client)
@@ -131,6 +151,64 @@ def record_evaluation(client: Any, run_id: str, metrics: dict[str, float],
     before = "no champion" if champion is None else f"v{champion.version} ({champion_ap:.4f})"
     return (f"registered model: {MODEL_NAME} v{version.version} (segm AP {candidate:.4f}) is the new "
             f"champion, was {before}")
+
+
+def model_card(version: str, run: Any, metrics: dict[str, float | None]) -> str:
+    """The description of version ``version`` of ``yolact`` trained by ``run`` (an MLflow ``Run``): the data it
+    was trained on (DVC digest), its test AP with 95% intervals once evaluated, the params that matter and
+    the two lines that load and use it (Markdown, as the registry page renders it)."""
+    params, tags = run.data.params, run.data.tags
+    lines = [f"**{MODEL_NAME} v{version}**, trained by run `{run.info.run_id}`"
+             + (f" (DVC experiment `{tags['dvc_exp']}`)" if tags.get("dvc_exp") else "")
+             + (f" at commit `{tags['git_commit'][:12]}`" if tags.get("git_commit", "unknown") != "unknown" else "")
+             + (" with uncommitted changes" if tags.get("git_dirty") == "true" else "") + "."]
+    inputs = run.inputs.dataset_inputs if run.inputs else []
+    data = sorted({(i.dataset.source, i.dataset.digest) for i in inputs})
+    for source, digest in data:
+        lines.append(f"Data: `{_source_path(source)}`, DVC md5 `{digest}` "
+                     f"(`{', '.join(sorted(_context(i) for i in inputs if i.dataset.digest == digest))}`).")
+    if not data:
+        lines.append("Data: no digest recorded (not run by DVC and no prepared data found).")
+    rows = []
+    for kind, label in (("segm", "mask"), ("bbox", "box")):
+        value = metrics.get(f"test_{kind}_AP")
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        lo, hi = metrics.get(f"test_{kind}_AP_lo"), metrics.get(f"test_{kind}_AP_hi")
+        interval = f"[{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else "n/a"
+        rows.append(f"| {label} AP | {value:.4f} | {interval} |")
+    if rows:
+        lines += ["", "Test split (COCO AP, 95% bootstrap interval over images):", "", "| | AP | interval |",
+                  "|---|---|---|", *rows]
+    else:
+        lines.append("Test AP: not evaluated yet (the evaluate stage adds it).")
+    shown = [f"`{key}={params[key]}`" for key in CARD_PARAMS if key in params]
+    if shown:
+        lines += ["", "Params: " + ", ".join(shown) + " (all of them on the run page)."]
+    lines += ["", "```python", f'model = mlflow.pyfunc.load_model("models:/{MODEL_NAME}/{version}")',
+              "detections = model.predict(image)  # uint8 [H, W, 3] RGB -> DataFrame, one row per detection", "```"]
+    return "\n".join(lines)
+
+
+def _describe(client: Any, version: Any, metrics: dict[str, float | None]) -> Any:
+    """Write the model card of ``version`` (with ``metrics`` once evaluated); the version."""
+    card = model_card(version.version, client.get_run(version.run_id), metrics)
+    if version.description != card:
+        version = client.update_model_version(MODEL_NAME, version.version, description=card)
+    return version
+
+
+def _source_path(source: str) -> str:
+    import json
+
+    try:
+        return json.loads(source).get("uri", source)
+    except (ValueError, AttributeError):
+        return source
+
+
+def _context(dataset_input: Any) -> str:
+    return next((t.value for t in dataset_input.tags if t.key == "mlflow.data.context"), "")
 
 
 def _champion(client: Any) -> Any | None:

@@ -10,8 +10,11 @@ known only in this package: here, in :mod:`pipeline.tracking.store`, :mod:`pipel
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -34,6 +37,10 @@ from pipeline.tracking.store import (
 
 
 _METRIC_BUFFER = 500
+_PARAM_MAX = 6000  # MLflow's longest param value
+# DVC's md5 of every dep of the stage run (path -> md5, as in dvc.lock): a param (searchable with LIKE) and an artifact
+DEPS_PARAM = "dvc_deps"
+DEPS_ARTIFACT = "provenance/dvc_deps.json"
 
 
 class Run:
@@ -54,6 +61,8 @@ class Run:
         self.run_id = run_id  # on the server (also after an outage: the sync completes it), else None
         self.parent_run_id = parent_run_id  # the group's parent: a server id, or group:<key> when offline
         self._metrics: list[Any] = []
+        self._lock = threading.RLock()  # the system metrics monitor logs from its own thread
+        self._monitor: Any = None
         self.offline_reason = offline_reason
         self._pending = client is None  # the server lacks something of the journal
 
@@ -85,18 +94,44 @@ class Run:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         now = int(time.time() * 1000)
         points = [[k, float(v), now, step or 0] for k, v in metrics.items()]
-        self._journal({"op": "metrics", "run": None, "points": points})
-        self._metrics += points
-        if len(self._metrics) >= _METRIC_BUFFER:
-            self.flush()
+        with self._lock:
+            self._journal({"op": "metrics", "run": None, "points": points})
+            self._metrics += points
+            if len(self._metrics) >= _METRIC_BUFFER:
+                self.flush()
 
     def flush(self) -> None:
         from mlflow.entities import Metric
 
-        pending, self._metrics = [Metric(*p) for p in self._metrics], []
-        for start in range(0, len(pending), 1000):
-            self._send(lambda c=pending[start : start + 1000]: self._client.log_batch(self.run_id, metrics=c),
-                       self.run_id)
+        with self._lock:
+            pending, self._metrics = [Metric(*p) for p in self._metrics], []
+            for start in range(0, len(pending), 1000):
+                self._send(lambda c=pending[start : start + 1000]: self._client.log_batch(self.run_id, metrics=c),
+                           self.run_id)
+
+    def log_inputs(self, specs: list[dict[str, str]]) -> None:
+        """Log the data the run reads as MLflow dataset inputs (:mod:`pipeline.tracking.datasets` specs)."""
+        if not specs:
+            return
+        from pipeline.tracking.datasets import dataset_inputs
+
+        self._journal({"op": "inputs", "datasets": specs})
+        self._send(lambda: self._client.log_inputs(self.run_id, datasets=dataset_inputs(specs)), self.run_id)
+
+    def log_json(self, value: Any, artifact_file: str) -> None:
+        """Log ``value`` as the JSON artifact ``artifact_file`` (e.g. ``provenance/dvc_deps.json``)."""
+        folder, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
+            self.log_artifact(path, folder or None)
+
+    def monitor_system(self) -> None:
+        """Log MLflow's system metrics (``system/*``) until the run ends (:mod:`pipeline.tracking.system_metrics`)."""
+        from pipeline.tracking import system_metrics
+
+        if self._monitor is None and (self._client is not None or self._entry is not None):
+            self._monitor = system_metrics.start(self)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -156,7 +191,7 @@ class Run:
         if not model_ref:
             return (f"registered model: the model has no MLflow run, hence no {registry.MODEL_NAME} version; "
                     "champion unchanged")
-        wanted = {k: metrics.get(k) for k in registry.VERSION_METRICS}
+        wanted = {k: metrics.get(k) for k in registry.VERSION_METRICS + registry.INTERVAL_METRICS}
         target = self._resolve(model_ref)
         lock = _registry_lock(self._root or main_repo_root())
         message = self._send(lambda: registry.record_evaluation(self._client, target, wanted, lock), target)
@@ -166,6 +201,9 @@ class Run:
         return "registered model: the champion is decided when the spooled run is synced (python -m stages.sync)"
 
     def end(self, status: str) -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
         self.flush()
         self._journal({"op": "end", "run": None, "status": status, "end_time": int(time.time() * 1000)})
         self._send(lambda: self._client.set_terminated(self.run_id, status), self.run_id)
@@ -188,7 +226,8 @@ class Run:
 
     def _journal(self, record: dict[str, Any]) -> None:
         if self._entry is not None:
-            self._entry.append(record)
+            with self._lock:
+                self._entry.append(record)
 
     def _resolve(self, ref: str | None) -> str | None:
         """The server run id of a reference, or None while it is only in the spool."""
@@ -238,8 +277,14 @@ def start_run(
     experiment: str | None = None,
     tags: dict[str, Any] | None = None,
     parent: tuple[str, str] | None = None,
+    source: str | None = None,
+    roles: tuple[str, ...] | None = None,
 ) -> Run:
     """Open a run with all params (dotted) and the standard tags; spooled if the store is unreachable.
+
+    ``source`` is the stage (``stages.<source>``, default ``stage``), ``roles`` the roles of the prepared data
+    it reads (default :data:`pipeline.tracking.datasets.STAGE_ROLES`): logged as dataset inputs with DVC's
+    digest. The long stages log system metrics (:mod:`pipeline.tracking.system_metrics`).
 
     ``parent = (key, name)`` nests the run under the run of the experiment tagged ``group_key=key``,
     created (named ``name``) by the first run of the group. When the store is reachable, runs spooled
@@ -279,11 +324,18 @@ def start_run(
             entry.append({"op": "created", "run_id": run_id})
     import torch
 
-    from pipeline.tracking.provenance import git_state
+    from pipeline.tracking import system_metrics
+    from pipeline.tracking.datasets import data_inputs
+    from pipeline.tracking.provenance import code_digest, git_state, source_tags
 
+    source = source or stage
+    git = git_state()
+    hashes = _dependency_hashes()
+    code = code_digest(hashes)
     all_tags = {
-        **git_state(),
-        **{f"dvc_dep.{path}": value for path, value in _dependency_hashes().items()},
+        **git,
+        **source_tags(source, git["git_commit"]),
+        **({"dvc_deps.code": code} if code else {}),
         "dvc_stage": stage,
         "torch_version": torch.__version__,
         **({"dvc_exp": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {}),
@@ -291,7 +343,13 @@ def start_run(
         **(tags or {}),
     }
     run.set_tags(all_tags)
-    run.log_params(flatten(params))
+    deps = json.dumps(hashes, sort_keys=True, separators=(",", ":"))
+    run.log_params({**flatten(params), **({DEPS_PARAM: deps} if hashes and len(deps) <= _PARAM_MAX else {})})
+    if hashes:
+        run.log_json(hashes, DEPS_ARTIFACT)
+    run.log_inputs(data_inputs(source, hashes, Path.cwd(), roles))  # the stage reads data/ relative to its cwd
+    if system_metrics.wanted(source):
+        run.monitor_system()
     return run
 
 

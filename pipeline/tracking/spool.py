@@ -11,10 +11,11 @@ One entry per run, ``<root>/.mlflow-spool/<id>/``:
 
 Records, by ``op``: ``start`` (id, uri, experiment, run_name, parent, start_time), ``created`` (run_id on
 the server), ``params``, ``tags``, ``metrics`` (points ``[key, value, timestamp_ms, step]``), ``artifact``
-(files ``[artifact path, local path, size]``), ``model`` (a checkpoint to log and register), ``evaluated``
-(test metrics of a registered model) and ``end`` (status, end_time). ``tags``, ``metrics``, ``artifact``
-and ``end`` carry ``run``: None for the entry's own run, else a reference to another run: a server run
-id, ``spool:<id>`` (a spooled run, resolved once synced) or ``group:<key>`` (the entry's group parent).
+(files ``[artifact path, local path, size]``), ``inputs`` (dataset inputs, :mod:`pipeline.tracking.datasets`),
+``model`` (a checkpoint to log and register), ``evaluated`` (test metrics of a registered model) and ``end``
+(status, end_time). ``tags``, ``metrics``, ``artifact`` and ``end`` carry ``run``: None for the entry's own
+run, else a reference to another run: a server run id, ``spool:<id>`` (a spooled run, resolved once synced)
+or ``group:<key>`` (the entry's group parent).
 ``synced/<id>`` holds the server run id of every synced entry, so ``spool:<id>`` stays resolvable.
 """
 from __future__ import annotations

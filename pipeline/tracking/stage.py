@@ -62,7 +62,9 @@ def run_stage(
         if tracked:
             from pipeline.tracking.run import start_run
 
-            run = start_run(params, tracking.run_name or name, tracking.experiment, tracking.tags, tracking.parent)
+            split = getattr(args, "split", None)  # evaluate --split: the role of the prepared data it reads
+            run = start_run(params, tracking.run_name or name, tracking.experiment, tracking.tags, tracking.parent,
+                            source=name, roles=(split,) if isinstance(split, str) else None)
         main(params, run, args)
     except ConfigError as err:
         _fail(run, f"error: {err}", 2)

@@ -16,6 +16,11 @@ from pipeline.tracking.spool import SpoolEntry, pending_entries, spool_dir
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
 _RETRIES = 8
+# MLflow 3 opens an experiment without a kind on its GenAI pages (traces); this one opens on its training runs.
+# A kind a person set in the UI is left as it is.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
 
 
 def main_repo_root(root: Path = REPO_ROOT) -> Path:
@@ -34,6 +39,18 @@ def resolve_tracking_uri(configured: str, root: Path | None = None) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         uri = prefix + str((root or main_repo_root()) / uri[len(prefix) :])
     return uri
+
+
+def set_experiment(name: str) -> Any:
+    """``mlflow.set_experiment(name)`` for code on MLflow's fluent API (the benchmarks), with the experiment
+    kind every experiment of the pipeline carries (set on an existing experiment that lacks it)."""
+    import mlflow
+
+    experiment = mlflow.set_experiment(name)
+    for key, value in EXPERIMENT_TAGS.items():
+        if key not in experiment.tags:
+            mlflow.set_experiment_tag(key, value)
+    return experiment
 
 
 def sync_spool(uri: str, root: Path | None = None, client: Any = None) -> Any:
@@ -90,15 +107,19 @@ def _open_experiment(uri: str, name: str | None, root: Path, client: Any = None)
 
     with _store_lock(uri):
         exp = _retry(lambda: client.get_experiment_by_name(name))
-        if exp is not None:
-            return client, exp.experiment_id
-        location = (root / "mlartifacts").as_uri() if uri.startswith("sqlite:///") else None
-        try:
-            return client, _retry(lambda: client.create_experiment(name, artifact_location=location))
-        except MlflowException as err:  # another process on a server created it just now
-            if err.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            return client, _retry(lambda: client.get_experiment_by_name(name)).experiment_id
+        if exp is None:
+            location = (root / "mlartifacts").as_uri() if uri.startswith("sqlite:///") else None
+            try:
+                return client, _retry(lambda: client.create_experiment(name, artifact_location=location,
+                                                                       tags=EXPERIMENT_TAGS))
+            except MlflowException as err:  # another process on a server created it just now
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                exp = _retry(lambda: client.get_experiment_by_name(name))
+        for key, value in EXPERIMENT_TAGS.items():  # a store made before the tag: fixed on first use
+            if key not in exp.tags:
+                _retry(lambda: client.set_experiment_tag(exp.experiment_id, key, value))
+        return client, exp.experiment_id
 
 
 def _create_run(client: Any, uri: str, exp_id: str, run_name: str, parent: tuple[str, str] | None,

@@ -1,10 +1,10 @@
 """Replay spooled MLflow runs (:mod:`pipeline.tracking.spool`) to the tracking server, exactly once.
 
 Each entry is compared with what the server has and only the difference is sent: the run itself (found by
-its id, or by its ``spool_id`` tag, before one is created), params and tags not there yet, metric points
-not there yet (compared by key, step, timestamp and value), artifact files missing or of another size, the
-registered model version, the champion decision, the end status. Replaying an entry twice, or again after
-an interruption, therefore sends nothing twice; the entry is removed only once everything is there.
+its id, or by its ``spool_id`` tag, before one is created), params, tags and dataset inputs not there yet,
+metric points not there yet (compared by key, step, timestamp and value), artifact files missing or of another
+size, the registered model version, the champion decision, the end status. Replaying an entry twice, or again
+after an interruption, therefore sends nothing twice; the entry is removed only once everything is there.
 """
 from __future__ import annotations
 
@@ -128,6 +128,7 @@ def replay(client: Any, entry: SpoolEntry, records: list[dict[str, Any]], root: 
     points: dict[str, set[tuple]] = defaultdict(set)
     artifacts: dict[str, list[list[Any]]] = defaultdict(list)
     ends: dict[str, tuple[str, int | None]] = {}
+    inputs: list[dict[str, str]] = []
     for record in records:
         op, target = record["op"], resolve(record.get("run"))
         if op == "params":
@@ -140,6 +141,8 @@ def replay(client: Any, entry: SpoolEntry, records: list[dict[str, Any]], root: 
             artifacts[target] += record["files"]
         elif op == "end":
             ends[target] = (record["status"], record.get("end_time"))
+        elif op == "inputs":
+            inputs += record["datasets"]
 
     if parent:  # the group's parent run, also for a run killed before it journaled its tags
         tags[run_id].setdefault("mlflow.parentRunId", group())
@@ -147,6 +150,14 @@ def replay(client: Any, entry: SpoolEntry, records: list[dict[str, Any]], root: 
     todo = [Param(k, v) for k, v in params.items() if k not in have]
     for start in range(0, len(todo), _PARAM_BATCH):
         client.log_batch(run_id, params=todo[start : start + _PARAM_BATCH])
+    if inputs:  # the dataset inputs the server lacks (it also ignores an input it has)
+        from pipeline.tracking.datasets import dataset_inputs
+
+        run = client.get_run(run_id)
+        have_inputs = {(i.dataset.name, i.dataset.digest) for i in (run.inputs.dataset_inputs if run.inputs else [])}
+        todo_inputs = [d for d in inputs if (d["name"], d["digest"]) not in have_inputs]
+        if todo_inputs:
+            client.log_inputs(run_id, datasets=dataset_inputs(todo_inputs))
     for target, wanted in tags.items():
         have = client.get_run(target).data.tags
         todo = [RunTag(k, v) for k, v in wanted.items() if have.get(k) != v]

@@ -108,6 +108,48 @@ def test_a_stage_run_reaches_the_server(server, client, tiny_project, tmp_path):
     assert not [p for p in (project / ".mlflow-spool").iterdir() if p.name not in ("synced", "registry.lock")]
 
 
+def test_what_a_user_sees_kind_source_datasets_system_metrics_and_model_card(server, client, tiny_project, tmp_path):
+    """Issue 28: the experiment opens on its training runs, the run page shows its source (stage, commit), the
+    datasets it read with DVC's digest, system metrics (train), and the registered version has its model card."""
+    from pipeline.tracking.provenance import directory_digest
+    from pipeline.tracking.registry import model_version
+
+    project = project_with(tiny_project, tmp_path / "p", "seen", SMALL_TRAIN)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], cwd=project, check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    env = stage_env(MLFLOW_TRACKING_URI=server.uri, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.2")
+    run_stage(project, "train", env=env)
+    run_stage(project, "evaluate", env=env)
+
+    experiment = client.get_experiment_by_name("seen")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = {r.data.tags["dvc_stage"]: r for r in client.search_runs([experiment.experiment_id])}
+    train_run = runs["train"]
+    tags = train_run.data.tags
+    assert tags["mlflow.source.name"] == "stages.train" and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.git.commit"] == tags["git_commit"] == commit
+    assert not [k for k in tags if k.startswith("dvc_dep.")]
+    digest = directory_digest(project / "data/prepared")  # as dvc.lock would record it
+    seen = {(i.dataset.name, i.dataset.digest, {t.key: t.value for t in i.tags}["mlflow.data.context"])
+            for i in train_run.inputs.dataset_inputs}
+    assert seen == {("prepared/train", digest, "train"), ("prepared/val", digest, "val")}
+    (found,) = client.search_runs([experiment.experiment_id],
+                                  f"datasets.digest = '{digest}' AND tags.dvc_stage = 'train'")
+    assert found.info.run_id == train_run.info.run_id
+    assert [i.dataset.name for i in runs["evaluate"].inputs.dataset_inputs] == ["prepared/test"]
+    assert client.get_metric_history(train_run.info.run_id, "system/cpu_utilization_percentage")
+    assert not [k for k in runs["evaluate"].data.metrics if k.startswith("system/")]  # a short stage: none
+
+    version = model_version(client, train_run.info.run_id)
+    card = client.get_model_version("yolact", version.version).description
+    ap = train_run.data.metrics["test_segm_AP"]
+    assert digest in card and f"| mask AP | {ap:.4f} |" in card and "loss.pos_iou=0.5" in card
+    assert f'mlflow.pyfunc.load_model("models:/yolact/{version.version}")' in card
+    assert "models:/yolact@champion" in client.get_registered_model("yolact").description
+
+
 def dvc(project: Path, *args: str, env: dict) -> str:
     proc = subprocess.run([DVC, *args], cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -183,7 +225,9 @@ def test_a_server_outage_mid_run_is_spooled_and_synced_exactly_once(server, clie
 
     reference = project_with(tiny_project, tmp_path / "reference", "outage", SMALL_TRAIN)
     outage = project_with(tiny_project, tmp_path / "outage", "outage", SMALL_TRAIN)
-    env = stage_env(MLFLOW_TRACKING_URI=server.uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    # no system metrics: their points depend on timing, not on what was sent (test_what_a_user_sees... has them)
+    env = stage_env(MLFLOW_TRACKING_URI=server.uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+                    MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="false")
     spool = outage / ".mlflow-spool"
     ref_stage, stage = (subprocess.Popen([PYTHON, "-m", "stages.train"], cwd=project, env=env, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True) for project in (reference, outage))
@@ -233,7 +277,7 @@ def test_a_server_outage_mid_run_is_spooled_and_synced_exactly_once(server, clie
     assert set(got) == set(want) and "train/loss" in got and "val_segm_AP" in got
     for key, points in want.items():
         assert [s for s, _ in got[key]] == [s for s, _ in points], key
-        if key != "train/images_per_s":  # a speed: its values differ between any two runs
+        if key not in ("train/images_per_s", "train/seconds"):  # timings: they differ between any two runs
             assert [v for _, v in got[key]] == pytest.approx([v for _, v in points], rel=1e-6, nan_ok=True), key
     run_specific = {"spool_id"}
     assert ({k: v for k, v in synced.data.tags.items() if k not in run_specific}

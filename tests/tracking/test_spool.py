@@ -37,6 +37,9 @@ def test_runs_spooled_from_the_start_sync_with_their_links_model_and_champion(tm
     train = spooled_run(root, uri, "train")
     train.set_tags({"dvc_stage": "train"})
     train.log_params({"loss.pos_iou": 0.5})
+    data = {"name": "prepared/train", "digest": "0123456789abcdef0123456789abcdef.dir", "source": "data/prepared",
+            "context": "train"}
+    train.log_inputs([data])
     for step in (1, 2, 3):
         train.log_metrics({"train/loss": 3.0 - step, "train/odd": math.nan if step == 2 else math.inf}, step=step)
     train.log_artifact(root / "log.csv", "train")
@@ -69,6 +72,11 @@ def test_runs_spooled_from_the_start_sync_with_their_links_model_and_champion(tm
     killed_run = client.get_run(ids[killed._entry.id])
     assert train_run.info.status == "FINISHED" and train_run.info.run_name == "train"
     assert train_run.data.params == {"loss.pos_iou": "0.5"}
+    experiment = client.get_experiment(train_run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    (logged,) = train_run.inputs.dataset_inputs  # the dataset input, sent by the sync
+    assert (logged.dataset.name, logged.dataset.digest) == (data["name"], data["digest"])
+    assert {t.key: t.value for t in logged.tags}["mlflow.data.context"] == "train"
     assert [(m.step, m.value) for m in client.get_metric_history(train_run.info.run_id, "train/loss")] == [
         (1, 2.0), (2, 1.0), (3, 0.0)]
     odd = sorted((m.step, m.value) for m in client.get_metric_history(train_run.info.run_id, "train/odd"))
@@ -79,6 +87,9 @@ def test_runs_spooled_from_the_start_sync_with_their_links_model_and_champion(tm
     assert eval_run.data.tags["mlflow.parentRunId"] == train_run.info.run_id
     version = model_version(client, train_run.info.run_id)  # registered at sync time
     assert float(version.tags["test_segm_AP"]) == 0.25
+    card = client.get_model_version("yolact", version.version).description  # the model card
+    assert data["digest"] in card and "| mask AP | 0.2500 |" in card and f'"models:/yolact/{version.version}"' in card
+    assert "models:/yolact@champion" in client.get_registered_model("yolact").description
     assert client.get_model_version_by_alias("yolact", "champion").version == version.version
     assert killed_run.info.status == "KILLED"
     group = client.get_run(killed_run.data.tags["mlflow.parentRunId"])
@@ -140,3 +151,26 @@ def test_journal_records_are_json_lines(tmp_path):
     assert [json.loads(line)["op"] for line in lines] == ["start", "metrics"]
     with pytest.raises(FileNotFoundError):
         (tmp_path / ".mlflow-spool" / f".{entry.id}.tmp").stat()  # built under a hidden name, then renamed
+
+
+def test_system_metrics_go_through_the_run_into_its_journal(tmp_path, monkeypatch):
+    """MLflow's monitor, writing into the stage's run: spooled with its other metrics, stopped when it ends."""
+    import time
+
+    from pipeline.tracking import system_metrics
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")
+    run = spooled_run(tmp_path, f"sqlite:///{tmp_path}/store.db", "train")
+    run.monitor_system()
+    deadline = time.time() + 30
+    while time.time() < deadline and not any(p[0].startswith("system/") for p in run._metrics):
+        time.sleep(0.05)
+    run.end("FINISHED")
+    points = [p for r in run._entry.records() if r["op"] == "metrics" for p in r["points"]]
+    assert "system/cpu_utilization_percentage" in {p[0] for p in points}
+    assert run._monitor is None
+    assert system_metrics.wanted("train") and system_metrics.wanted("ablate") and not system_metrics.wanted("prepare")
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    assert not system_metrics.wanted("train")
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
+    assert system_metrics.wanted("prepare")

@@ -203,3 +203,63 @@ def test_required_tracking_fails_fast_with_a_clear_message(project):
     assert "mlflow.required is true" in proc.stderr
     assert not (project / "reports/data").exists()
     assert not [p for p in (project / ".mlflow-spool").glob("*") if p.name != "synced"]  # failed fast, no spool
+
+
+def test_experiments_made_on_the_fluent_api_get_the_training_kind_too(monkeypatch, tmp_path):
+    """The benchmarks' experiments (mlflow.set_experiment), new or made before the kind existed."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, set_experiment
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", uri)  # restored after the test
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    client = MlflowClient(uri)
+    old = client.create_experiment("old")
+    for name in ("new", "old"):
+        set_experiment(name)
+    assert {client.get_experiment_by_name(n).tags[EXPERIMENT_KIND_TAG] for n in ("new", "old")} == {EXPERIMENT_KIND}
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
+def test_a_stage_fixes_the_kind_of_an_experiment_made_before_it_and_keeps_one_set_by_hand(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, _open_experiment
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    old = client.create_experiment("yolact")
+    mine = client.create_experiment("mine", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    assert _open_experiment(uri, "yolact", tmp_path, client)[1] == old
+    _open_experiment(uri, "mine", tmp_path, client)
+    _, new = _open_experiment(uri, "yolact-ablation", tmp_path, client)
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert client.get_experiment(new).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert client.get_experiment(mine).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_dataset_inputs_are_the_roles_a_stage_reads_with_dvcs_digest(tmp_path, monkeypatch):
+    from pipeline.tracking.datasets import data_inputs
+    from pipeline.tracking.provenance import code_digest, directory_digest, source_tags
+
+    lock = {"stages/ablate.py": "a" * 32, "pipeline/config/schema.py": "b" * 32, "data/prepared": "c" * 32 + ".dir",
+            "models/pretrain": "d" * 32 + ".dir", "weights": "e" * 32 + ".dir"}
+    specs = data_inputs("ablate", lock, tmp_path)
+    assert [(s["name"], s["digest"], s["context"]) for s in specs] == [
+        (f"prepared/{role}", lock["data/prepared"], role) for role in ("train", "val", "test")]
+    raw = data_inputs("prepare", {"stages/prepare.py": "a" * 32, "data/synthetic/train": "f" * 32 + ".dir"}, tmp_path)
+    assert raw == [{"name": "data/synthetic/train", "digest": "f" * 32 + ".dir", "source": "data/synthetic/train",
+                    "context": "raw"}]
+    (tmp_path / "data/prepared").mkdir(parents=True)  # outside DVC: the digest DVC would compute
+    (tmp_path / "data/prepared/train.json").write_text("{}")
+    (digest,) = {s["digest"] for s in data_inputs("evaluate", {}, tmp_path, ("val",))}
+    assert digest == directory_digest(tmp_path / "data/prepared") and digest.endswith(".dir")
+    assert data_inputs("generate", {}, tmp_path) == []
+    assert code_digest(lock) == code_digest({k: lock[k] for k in ("stages/ablate.py", "pipeline/config/schema.py")})
+    monkeypatch.setenv("DVC_STAGE", "train")
+    assert source_tags("train", "abc") == {"mlflow.source.name": "stages.train", "mlflow.source.type": "JOB",
+                                           "mlflow.source.git.commit": "abc"}
+    monkeypatch.delenv("DVC_STAGE")
+    assert source_tags("train", "unknown") == {"mlflow.source.name": "stages.train", "mlflow.source.type": "LOCAL"}
