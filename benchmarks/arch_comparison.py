@@ -173,7 +173,7 @@ def markdown(report: dict[str, Any], a: str, b: str) -> str:
         f"| inference images/s | {inf[a]['images_per_s']:.1f} | {inf[b]['images_per_s']:.1f} | "
         f"{inf[a]['images_per_s'] / inf[b]['images_per_s']:.2f}x |",
         "",
-        f"Both sides fp32 on {report['threads']} CPU threads. Training: the train stage's loop from scratch at batch "
+        f"Both sides fp32 on {report['threads']} CPU threads. Training: the train stage's loop from each run's own initialisation at batch "
         f"{tr[a]['batch_size']} / {tr[b]['batch_size']} and {tr[a]['input_size']} px, data loading included, median over "
         f"{tr[a]['steps']} / {tr[b]['steps']} steps after {report['settings']['warmup']} warm-up steps per round, rounds in turn. "
         f"Inference: the evaluate stage's predict (forward, post-processing, masks at the original size, RLE) on "

@@ -38,7 +38,12 @@ def curve(name: str, project: Path) -> pd.DataFrame:
     if "seconds" not in rows or rows.empty:
         sys.exit(f"error: {log}: no validation rows with training seconds (train.eval_every > 0, current code)")
     warm = params.model.backbone.pretrained == PRETRAINED_BY_STAGE
-    offset = json.loads((project / "reports/pretrain/metrics.json").read_text())["train_seconds"] if warm else 0.0
+    offset = 0.0
+    if warm:
+        pretrain_metrics = project / "reports/pretrain/metrics.json"
+        if not pretrain_metrics.is_file():
+            sys.exit(f"error: {pretrain_metrics}: not found; the run starts from the pretrain stage, run it there first")
+        offset = json.loads(pretrain_metrics.read_text())["train_seconds"]
     return pd.DataFrame({
         "run": name, "arch": params.model.arch, "warm_start": warm, "iteration": rows["iteration"],
         "train_seconds": rows["seconds"], "seconds": rows["seconds"] + offset,
@@ -54,9 +59,11 @@ def figure(table: pd.DataFrame, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, rows in table.groupby("run", sort=False):
-        start = rows["seconds"].iloc[0] - rows["train_seconds"].iloc[0]
-        xs, ys = [start, *rows["seconds"]], [0.0, *rows["val_segm_AP"]]
-        ax.plot([x / 60 for x in xs], ys, marker="o", label=name)
+        ax.plot(rows["seconds"] / 60, rows["val_segm_AP"], marker="o", label=name)
+    offsets = (table["seconds"] - table["train_seconds"]).round(1).unique()
+    for offset in offsets[offsets > 0]:
+        ax.axvline(offset / 60, color="grey", linestyle=":", linewidth=1)
+        ax.annotate("pretrain done", (offset / 60, 0), rotation=90, va="bottom", ha="right", fontsize=8, color="grey")
     ax.set_xlabel("training wall-clock (minutes; warm starts include the pretrain stage)")
     ax.set_ylabel("val mask AP")
     ax.set_title("Time to accuracy (val split)")
