@@ -166,6 +166,7 @@ def test_two_queued_experiments_log_every_run_once_to_the_server(server, client,
     for name in ("data", "reports"):  # generate's and prepare's outputs, recorded as theirs in dvc.lock
         shutil.copytree(tiny_project / name, project / name)
     dvc(project, "commit", "-f", "generate", "prepare", env=local)
+    dvc(project, "repro", "pretrain", env=local)  # shared by both experiments, as the warm start is
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     subprocess.run(["git", "commit", "-qm", "prepared"], cwd=project, check=True)
     pos_iou = {"q1": "0.5", "q2": "0.6"}
