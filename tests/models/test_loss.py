@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 from pipeline.models.priors.anchors import make_priors
-from pipeline.config import LossParams, load, replace
+from pipeline import config
+from pipeline.config import LossParams
 from pipeline.models.yolact.loss import (
     box_loss,
     downsample_masks,
@@ -199,7 +200,7 @@ def test_yolact_loss_computes_in_float32_under_bf16():
 
 def test_yolact_loss_trains_the_real_model():
     # from scratch: the default warm start is a pretrain-stage output a fresh clone does not have
-    params = replace(load(REPO / "params.yaml"), **{"model.backbone.pretrained": None})
+    params = config.replace(config.load(REPO / "params.yaml"), **{"model.backbone.pretrained": None})
     torch.manual_seed(0)
     model = build_model(params, num_classes=3).train()
     size = params.input.size

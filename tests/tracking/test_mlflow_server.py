@@ -199,8 +199,11 @@ def test_two_queued_experiments_log_every_run_once_to_the_server(server, client,
         (logged,) = client.search_logged_models([train_run.info.experiment_id],
                                                 filter_string=f"source_run_id = '{train_run.info.run_id}'")
         assert "MLmodel" in {f.path for f in client.list_logged_model_artifacts(logged.model_id)}
-    ours = {model_version(client, by_key[(n, "train")].info.run_id).version for n in pos_iou}
-    assert client.get_model_version_by_alias("yolact", "champion").version in ours
+    # the alias moves only on a higher test mask AP: it ends on the best version registered so far (an earlier
+    # test of this module may have registered one as good)
+    ours = [model_version(client, by_key[(n, "train")].info.run_id) for n in pos_iou]
+    champion = client.get_model_version_by_alias("yolact", "champion")
+    assert float(champion.tags["test_segm_AP"]) >= max(float(v.tags["test_segm_AP"]) for v in ours)
     assert not [p for p in (project / ".mlflow-spool").iterdir() if p.name not in ("synced", "registry.lock")]
 
 
