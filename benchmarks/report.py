@@ -75,11 +75,12 @@ def describe_methods(result: dict[str, Any]) -> dict[str, dict[str, str]]:
                     "is the faster kernel; every share is of the peak of the step's own dtype",
         },
         "inference": {
-            "YOLACT": f"eval forward; `pipeline.models.yolact.postprocess.detect` on the outputs cast to fp32 (score > "
+            "YOLACT": f"eval forward of the pipeline's inference model (BatchNorm folded into the convolutions); "
+                      f"`pipeline.models.yolact.postprocess.detect` on the outputs cast to fp32 (score > "
                       f"{yp['score_threshold']}, {yp['nms']} NMS at IoU {yp['nms_iou']}, top {yp['top_k']} per class, "
-                      f"at most {yp['max_detections']}); `to_image`: prototype masks upsampled bilinearly to "
-                      f"{size}x{size}, cut to the box, thresholded at {yp['mask_threshold']}",
-            "Mask R-CNN": f"eval forward with torchvision's post-processing (score > {mp['score_threshold']}, "
+                      f"at most {yp['max_detections']}); `to_image`: prototype-resolution masks resized bilinearly "
+                      f"inside their boxes at {size}x{size} and thresholded at {yp['mask_threshold']}",
+            "Mask R-CNN": f"torchvision's model as shipped: eval forward with its post-processing (score > {mp['score_threshold']}, "
                           f"{mp['nms']} NMS at IoU {mp['nms_iou']}, at most {mp['max_detections']}, 28x28 mask "
                           f"probabilities pasted into their boxes at {size}x{size}); thresholded at {mp['mask_threshold']}",
             "both": f"batch {inference['batch']}, one {size} px random image, fresh random weights, channels-last, "

@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pipeline.config import EvalParams, LossParams, TrainParams
 from pipeline.models.yolact.loss import yolact_loss
 from pipeline.models.detections import Detections, to_image
+from pipeline.models.networks import network_of
 from pipeline.models.yolact.postprocess import detect
 from pipeline.training.schedule import build_optimizer
 
@@ -128,10 +129,12 @@ def yolact_infer_step(
     use_focal_loss: bool,
     amp_dtype: Optional[torch.dtype],
 ) -> Callable[[], list[Detections]]:
-    """Eval forward, :func:`pipeline.models.yolact.postprocess.detect` (on the outputs cast to fp32, its contract) and
-    :func:`pipeline.models.detections.to_image` at the input size (masks upsampled, cut to the box, thresholded
-    at ``eval.mask_threshold``), all under one autocast, as ``pipeline.evaluation.inference.predict`` ends.
+    """Eval forward of the BatchNorm-folded copy (:meth:`pipeline.models.networks.Network.inference_model`),
+    :func:`pipeline.models.yolact.postprocess.detect` (on the outputs cast to fp32, its contract) and
+    :func:`pipeline.models.detections.to_image` at the input size (masks resized, cut and thresholded inside
+    each box), all under one autocast, as ``pipeline.evaluation.inference.predict`` runs them.
     Per image: ``boxes [N, 4]`` pixels, ``scores [N]``, ``labels [N]``, ``masks [N, S, S]`` bool."""
+    model = network_of(model).inference_model(model)
     images = set_memory_format(model, images)
     size = images.shape[-1]
 

@@ -1,6 +1,7 @@
 """A tiny configuration and a scratch copy of the project for integration tests of the real stages."""
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import signal
@@ -61,6 +62,18 @@ def make_project(dest: Path, extra: dict | None = None, git: bool = False) -> Pa
                      ["add", "-A"], ["commit", "-qm", "tiny project"]):
             subprocess.run(["git", *args], cwd=dest, check=True, capture_output=True)
     return dest
+
+
+def copy_project(source: Path, dest: Path, without: tuple[str, ...] = ("models", "mlruns", "mlartifacts", "mlflow.db*")) -> Path:
+    """Copy a tiny project to ``dest`` without the top-level entries matching ``without`` (shell patterns).
+
+    Only the top level: ``shutil.ignore_patterns("models")`` would also drop ``pipeline/models``, and the copy
+    would then import the repository's installed package instead of its own.
+    """
+    def ignore(directory: str, names: list[str]) -> list[str]:
+        return [n for n in names if Path(directory) == source and any(fnmatch.fnmatch(n, p) for p in without)]
+
+    return Path(shutil.copytree(source, dest, ignore=ignore))
 
 
 def run_stage(project: Path, stage: str, *args: str, env: dict | None = None, check: bool = True,

@@ -57,6 +57,7 @@ class Predictor:
 
     def __init__(self, trained: TrainedModel, device: torch.device, eval_params: EvalParams):
         self.trained = trained
+        self.model = network_of(trained.model).inference_model(trained.model)
         self.device = device
         self.eval_params = eval_params
         self.transform = build_transforms(trained.params.input, train=False)
@@ -80,8 +81,7 @@ class Predictor:
         rgb = to_rgb(image)
         height, width = rgb.shape[-2:]
         batch = self.transform(tv_tensors.Image(rgb))[None].to(self.device)
-        model = self.trained.model
-        (det,) = network_of(model).detect(model, batch, self.eval_params, self.trained.params.loss.use_focal_loss)
+        (det,) = network_of(self.model).detect(self.model, batch, self.eval_params, self.trained.params.loss.use_focal_loss)
         pixels = {k: v.cpu() for k, v in to_image(det, height, width, self.eval_params.mask_threshold).items()}
         return Prediction(pixels["boxes"], pixels["labels"], pixels["scores"], pixels["masks"],
                           self.class_names, self.trained.category_ids)

@@ -67,9 +67,10 @@ def predict(
     keep_examples: int = 0,
     progress: bool = True,
 ) -> Predictions:
-    """Run ``model`` (either architecture) over ``loader`` and turn its detections into COCO result records."""
-    model.eval()
+    """Run ``model`` (either architecture, as its :meth:`~pipeline.models.networks.Network.inference_model`) over
+    ``loader`` and turn its detections into COCO result records."""
     net = network_of(model)
+    model = net.inference_model(model)
     results: dict[str, list[dict]] = {t: [] for t in IOU_TYPES}
     examples: list[tuple[int, Detections]] = []
     image_ids: list[int] = []

@@ -18,6 +18,7 @@ from pipeline.models.yolact.loss import yolact_loss
 from pipeline.models.mask_rcnn import build_mask_rcnn, to_detections, torchvision_targets
 from pipeline.models.yolact.model import build_model
 from pipeline.models.detections import Detections
+from pipeline.models.folding import fold_batchnorm
 from pipeline.models.yolact.postprocess import detect
 
 
@@ -40,9 +41,14 @@ class Network:
         """Scalar float32 loss terms :attr:`loss_terms` and ``total``, what the optimizer minimises."""
         raise NotImplementedError
 
+    def inference_model(self, model: nn.Module) -> nn.Module:
+        """The eval-mode model :meth:`detect` runs: ``model`` itself, or a copy made faster for inference."""
+        return model.eval()
+
     def detect(self, model: nn.Module, images: Tensor, eval_params: EvalParams,
                use_focal_loss: bool) -> list[Detections]:
-        """Detections per image of an eval-mode ``model``, with the thresholds of ``eval_params``."""
+        """Detections per image of an eval-mode ``model`` (from :meth:`inference_model`), with the thresholds
+        of ``eval_params``."""
         raise NotImplementedError
 
 
@@ -61,6 +67,10 @@ class YolactNetwork(Network):
              world_size: int = 1) -> dict[str, Tensor]:
         return yolact_loss(outputs, targets, loss_params, world_size=world_size)
 
+    def inference_model(self, model: nn.Module) -> nn.Module:
+        """A copy with BatchNorm folded into the convolutions (:func:`pipeline.models.folding.fold_batchnorm`)."""
+        return fold_batchnorm(model)
+
     def detect(self, model: nn.Module, images: Tensor, eval_params: EvalParams,
                use_focal_loss: bool) -> list[Detections]:
         return detect_outputs(model(images), eval_params, use_focal_loss)
@@ -68,7 +78,8 @@ class YolactNetwork(Network):
 
 class MaskRCNNNetwork(Network):
     """torchvision's ``MaskRCNN`` of :func:`pipeline.models.mask_rcnn.build_mask_rcnn`, its own losses and
-    post-processing (per-class NMS over all its RoIs: ``eval.nms`` and ``eval.top_k`` are YOLACT's)."""
+    post-processing (per-class NMS over all its RoIs: ``eval.nms`` and ``eval.top_k`` are YOLACT's), run at
+    inference as torchvision ships it."""
 
     loss_terms = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 

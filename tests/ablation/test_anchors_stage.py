@@ -2,11 +2,11 @@
 import shutil
 from pathlib import Path
 
-from tests.tiny import run_stage
+from tests.tiny import copy_project, run_stage
 
 
 def test_anchors_stage_draws_box_sizes_against_the_anchor_scales(tiny_project: Path, tmp_path: Path):
-    project = Path(shutil.copytree(tiny_project, tmp_path / "project", ignore=shutil.ignore_patterns("models")))
+    project = copy_project(tiny_project, tmp_path / "project", ("models",))
     shutil.rmtree(project / "reports" / "anchors", ignore_errors=True)
     run_stage(project, "anchors")
     assert (project / "reports" / "anchors" / "anchor_stats.csv").is_file()

@@ -121,6 +121,29 @@ def test_mask_loss_equals_direct_per_instance_computation():
     torch.testing.assert_close(two, mask_loss(proto, coeffs, only, matched_idx, gt_masks, gt_boxes, 100))
 
 
+def test_mask_loss_of_a_batch_is_the_sum_of_its_images():
+    # Images with 3, 0 and 7 positives: the batched product pads to the largest count and must drop the padding.
+    g = torch.Generator().manual_seed(4)
+    proto = torch.randn(3, 6, 6, 4, generator=g, requires_grad=True)
+    coeffs = torch.randn(3, 9, 4, generator=g, requires_grad=True)
+    pos = torch.zeros(3, 9, dtype=torch.bool)
+    pos[0, [1, 4, 8]] = True
+    pos[2, :7] = True
+    matched_idx = torch.randint(0, 2, (3, 9), generator=g)
+    gt_masks = [(torch.rand(2, 12, 12, generator=g) > 0.5).to(torch.uint8), torch.zeros(0, 12, 12, dtype=torch.uint8),
+                (torch.rand(2, 12, 12, generator=g) > 0.5).to(torch.uint8)]
+    gt_boxes = [torch.tensor([[0.0, 0.1, 0.6, 0.7], [0.2, 0.2, 1.0, 0.9]]), torch.zeros(0, 4),
+                torch.tensor([[0.1, 0.0, 0.5, 0.5], [0.3, 0.4, 0.9, 1.0]])]
+    batched = mask_loss(proto, coeffs, pos, matched_idx, gt_masks, gt_boxes, masks_to_train=5)
+    per_image = sum(mask_loss(proto[b:b + 1], coeffs[b:b + 1], pos[b:b + 1], matched_idx[b:b + 1], gt_masks[b:b + 1],
+                              gt_boxes[b:b + 1], masks_to_train=5) for b in range(3))
+    torch.testing.assert_close(batched, per_image)
+    grads = torch.autograd.grad(batched, (proto, coeffs))
+    for grad, expected in zip(grads, torch.autograd.grad(per_image, (proto, coeffs))):
+        torch.testing.assert_close(grad, expected)
+    assert grads[1][1].abs().sum() == 0 and grads[1][0, 0].abs().sum() == 0  # no positives, no gradient
+
+
 def test_semantic_loss_uses_per_class_unions():
     segm = torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(3))
     blocks = torch.tensor([[[1, 0], [0, 0]], [[0, 0], [0, 1]], [[1, 1], [0, 0]]], dtype=torch.float)

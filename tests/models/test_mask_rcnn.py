@@ -2,7 +2,6 @@
 (with resume), evaluate, predict and ablate paths on the tiny project."""
 import json
 import math
-import shutil
 from argparse import Namespace
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from pipeline.deploy.predict import Predictor
 from pipeline.training.loop import log_columns, train
 from tests.conftest import REPO, stage_env
 from tests.training.test_train import _assert_same_weights, _weights, outputs_in
-from tests.tiny import kill_train_after_checkpoint, merge, run_stage, tiny_params
+from tests.tiny import copy_project, kill_train_after_checkpoint, merge, run_stage, tiny_params
 
 # A small Mask R-CNN on the tiny project's trunk (64 px, FPN width 16).
 TINY_MASK_RCNN = {"model": {"arch": "mask_rcnn", "mask_rcnn": {
@@ -223,7 +222,7 @@ def resumed(tiny_project, tmp_path_factory):
     weights of one uninterrupted run (train.eval_every 6 of 12 iterations, a checkpoint every 2)."""
     root = tmp_path_factory.mktemp("mask_rcnn")
     project = root / "project"
-    shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "models"))
+    copy_project(tiny_project, project, ("mlflow.db*", "mlartifacts", "models"))
     raw = merge(yaml.safe_load((project / "params.yaml").read_text()), TINY_MASK_RCNN)
     raw["train"].update({"iterations": 12, "checkpoint_every": 2})
     (project / "params.yaml").write_text(yaml.safe_dump(raw))

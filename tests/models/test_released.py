@@ -28,7 +28,7 @@ from pipeline.models.yolact.model import build_model
 from pipeline.deploy.predict import Predictor, to_rgb
 from pipeline.models.yolact.released import check_params, load_released
 from tests.conftest import REPO
-from tests.tiny import run_stage
+from tests.tiny import copy_project, run_stage
 
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}  # the original's ResNetBackbone layers per config
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
@@ -407,8 +407,7 @@ def test_mapped_r50_runs_end_to_end_at_550_on_a_real_coco_image(coco_tiny, tmp_p
 
 
 def test_train_with_zero_iterations_saves_the_released_weights_and_evaluate_scores_them(tiny_project, tmp_path):
-    project = Path(shutil.copytree(tiny_project, tmp_path / "project",
-                                   ignore=shutil.ignore_patterns("models", "mlruns", "mlartifacts", "mlflow.db")))
+    project = copy_project(tiny_project, tmp_path / "project", ("models", "mlruns", "mlartifacts", "mlflow.db"))
     num_classes = len(json.loads((project / "data/prepared/labels.json").read_text()))
     original = random_state(original_layout(50, width=8, fpn=16, prototypes=4, scores=num_classes + 1))
     save(original, project / "weights" / "released.pth")

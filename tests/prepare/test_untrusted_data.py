@@ -1,18 +1,16 @@
 """Data or weights broken after prepare stop the real stages with one line naming the file, exit 1."""
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.tiny import run_stage
+from tests.tiny import copy_project, run_stage
 
 
 @pytest.fixture
 def project(tiny_project: Path, tmp_path: Path) -> Path:
     """A copy of the prepared tiny project that a test may damage."""
-    return Path(shutil.copytree(tiny_project, tmp_path / "project",
-                                ignore=shutil.ignore_patterns("models", "mlruns", "mlartifacts")))
+    return copy_project(tiny_project, tmp_path / "project", ("models", "mlruns", "mlartifacts"))
 
 
 def assert_one_line_failure(proc, names: str, project: Path) -> None:

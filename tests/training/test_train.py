@@ -1,6 +1,5 @@
 """The train loop: schedule, sample stream, learning, determinism, resume, NaN guard, DDP."""
 import math
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from pipeline.training.sampling import SampleStream
 from pipeline.training.schedule import build_optimizer, learning_rate
 from pipeline.training.loop import TrainOutputs, train
 from tests.conftest import PYTHON, free_port, stage_env
-from tests.tiny import kill_train_after_checkpoint
+from tests.tiny import copy_project, kill_train_after_checkpoint
 
 
 def params_for(project: Path, **dotted) -> config.Params:
@@ -107,7 +106,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_project, tmp_path)
     iterations = 10
     overrides = {"train": {"iterations": iterations, "checkpoint_every": 2}}
     project = tmp_path / "killed"
-    shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "models"))
+    copy_project(tiny_project, project, ("mlflow.db*", "mlartifacts", "models"))
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["train"].update(overrides["train"])
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -159,7 +158,7 @@ def ddp_comparison(tiny_project, tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("ddp")
     project = root / "project"
-    shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "models"))
+    copy_project(tiny_project, project, ("mlflow.db*", "mlartifacts", "models"))
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["train"].update({"iterations": 4, "checkpoint_every": 100, "batch_size": 4, "precision": "fp32"})  # explicit: the comparison below is an fp32 tolerance
     raw["model"]["backbone"]["norm_eval"] = True

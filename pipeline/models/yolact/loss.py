@@ -136,35 +136,50 @@ def mask_loss(
     ``masks_to_train`` positives per image are used, evenly spaced in prior order (deterministic, and
     spread over all levels and instances like a random subset). Box areas are floored at one pixel.
     """
-    height, width = proto.shape[1:3]
-    total = proto.new_zeros(())
-    for b in range(len(gt_masks)):
-        chosen = pos[b].nonzero().squeeze(1)
-        if len(chosen) == 0:
-            continue
-        if len(chosen) > masks_to_train:
-            spaced = torch.linspace(0, len(chosen) - 1, masks_to_train, device=chosen.device)
-            chosen = chosen[spaced.round().long()]
-        gt = matched_idx[b, chosen]
-        target = downsample_masks(gt_masks[b], (height, width))[gt]  # [n, h, w]
-        logits = torch.einsum("hwk,nk->nhw", proto[b], coeffs[b, chosen])
-        boxes = gt_boxes[b][gt]
-        bce = crop_masks(F.binary_cross_entropy_with_logits(logits, target, reduction="none"), boxes)
-        area = ((boxes[:, 2] - boxes[:, 0]) * width * (boxes[:, 3] - boxes[:, 1]) * height).clamp(min=1.0)
-        total = total + (bce.sum(dim=(1, 2)) / area).sum()
-    return total
+    batch, height, width, _ = proto.shape
+    chosen = [_evenly_spaced(pos[b].nonzero().squeeze(1), masks_to_train) for b in range(batch)]
+    counts = torch.tensor([len(c) for c in chosen], device=proto.device)
+    if int(counts.sum()) == 0:
+        return proto.new_zeros(())
+    image = torch.repeat_interleave(torch.arange(batch, device=proto.device), counts)  # [n]
+    prior = torch.cat(chosen)  # [n]
+    slot = torch.arange(len(prior), device=proto.device) - (counts.cumsum(0) - counts)[image]  # within its image
+    gt = _first_rows(gt_masks, proto.device)[image] + matched_idx[image, prior]  # rows of the stacked GT
+    target = downsample_masks(torch.cat(list(gt_masks)), (height, width))[gt]  # [n, h, w]
+    boxes = torch.cat(list(gt_boxes))[gt]
+    # All images in one batched product: coefficients padded to the largest count, padding dropped after.
+    padded = coeffs.new_zeros(batch, int(counts.max()), coeffs.shape[-1])
+    padded[image, slot] = coeffs[image, prior]
+    logits = torch.einsum("bhwk,bnk->bnhw", proto, padded)[image, slot]  # [n, h, w]
+    bce = crop_masks(F.binary_cross_entropy_with_logits(logits, target, reduction="none"), boxes)
+    area = ((boxes[:, 2] - boxes[:, 0]) * width * (boxes[:, 3] - boxes[:, 1]) * height).clamp(min=1.0)
+    return (bce.sum(dim=(1, 2)) / area).sum()
+
+
+def _evenly_spaced(indices: Tensor, count: int) -> Tensor:
+    """At most ``count`` of ``indices [n]``, evenly spaced (all of them when there are no more)."""
+    if len(indices) <= count:
+        return indices
+    spaced = torch.linspace(0, len(indices) - 1, count, device=indices.device)
+    return indices[spaced.round().long()]
+
+
+def _first_rows(per_image: Sequence[Tensor], device: torch.device) -> Tensor:
+    """``[B]``: where each image's rows start in ``torch.cat(per_image)``."""
+    sizes = torch.tensor([len(t) for t in per_image], device=device)
+    return sizes.cumsum(0) - sizes
 
 
 def semantic_loss(segm: Tensor, gt_masks: Sequence[Tensor], gt_labels: Sequence[Tensor]) -> Tensor:
     """BCE-with-logits of ``segm [B, C, h, w]`` against per-class union masks, summed, ``/ (h * w) / B``."""
     batch, num_classes, height, width = segm.shape
-    total = segm.new_zeros(())
-    for b in range(batch):
-        masks = downsample_masks(gt_masks[b], (height, width))
-        per_class = torch.einsum("gc,ghw->chw", F.one_hot(gt_labels[b], num_classes).to(masks.dtype), masks)
-        target = (per_class > 0).to(segm.dtype)
-        total = total + F.binary_cross_entropy_with_logits(segm[b], target, reduction="sum")
-    return total / (height * width) / batch
+    sizes = torch.tensor([len(m) for m in gt_masks], device=segm.device)
+    image = torch.repeat_interleave(torch.arange(batch, device=segm.device), sizes)
+    masks = downsample_masks(torch.cat(list(gt_masks)), (height, width))  # [G, h, w], every image's
+    union = segm.new_zeros(batch, num_classes, height, width)
+    union.index_put_((image, torch.cat(list(gt_labels)).long()), masks.to(segm.dtype), accumulate=True)
+    target = (union > 0).to(segm.dtype)
+    return F.binary_cross_entropy_with_logits(segm, target, reduction="sum") / (height * width) / batch
 
 
 def downsample_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
