@@ -10,7 +10,7 @@ At most about 8 minutes on one GPU (``make gpu-check``); one JSON out (default `
   ``torch.amp.GradScaler`` and under bf16 autocast: images/s (median of synchronised timed steps after
   warm-up), peak memory, whether every loss was finite;
 - ``inference``: images/s at 550 px, batch 1 and 8, both models in eval mode, fp32 and bf16 autocast, through
-  ``network(arch).detect`` and ``to_image`` at the input size (what ``pipeline.evaluation.inference.predict``
+  ``network(arch).inference_model``, its ``detect`` and ``to_image`` at the input size (what ``pipeline.evaluation.inference.predict``
   runs per batch, RLE encoding excluded);
 - ``evaluate``: a tiny synthetic COCO set generated and prepared in a temporary directory, an untrained
   tiny model of each architecture through ``predict`` and COCOeval ``score`` on the device (skipped when
@@ -330,13 +330,13 @@ def _infer_setup(arch: str, device: torch.device, settings: Settings) -> tuple[P
 def _infer_one(model: nn.Module, params: Params, count: int, precision: str, device: torch.device,
                settings: Settings) -> dict[str, Any]:
     net, size, ep = network(params.model.arch), params.input.size, params.eval
+    model = net.inference_model(model)
     images, _ = batch(size, count, 1, device, seed=1, channels_last=params.train.channels_last)
     amp_dtype = AMP[precision]
     counts: list[int] = []
 
     @torch.no_grad()
     def step() -> None:
-        model.eval()
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             detections = net.detect(model, images, ep, params.loss.use_focal_loss)
             in_pixels = [to_image(d, size, size, ep.mask_threshold) for d in detections]
@@ -346,7 +346,7 @@ def _infer_one(model: nn.Module, params: Params, count: int, precision: str, dev
     timing = measure(step, device, settings.infer_warmup, settings.infer_repeats)
     return {"image_size": size, "batch": count, "autocast": precision, "images_per_s": count / timing.median,
             "call_median_s": timing.median, "call_seconds": timing.seconds, "peak_memory_gib": _peak_gib(device),
-            "detections_per_image": counts, "runs": "network(arch).detect + to_image at the input size"}
+            "detections_per_image": counts, "runs": "network(arch).inference_model, its detect + to_image at the input size"}
 
 
 def evaluate_section(device: torch.device, settings: Settings) -> dict[str, Any]:
