@@ -1,6 +1,6 @@
 """Where evaluation time goes, per image: loading, the model, post-processing, mask RLE encoding and COCOeval,
 each timed around the same calls ``pipeline.evaluation.inference.predict`` and ``score`` make (the evaluate stage's path:
-fp32, the model's own memory format, no autocast)."""
+the inference model, fp32, the model's own memory format, no autocast)."""
 from __future__ import annotations
 
 import contextlib
@@ -18,6 +18,7 @@ from pipeline.data.coco import load_coco
 from pipeline.evaluation.inference import split_loader
 from pipeline.models.yolact.postprocess import detect
 from pipeline.models.detections import to_image
+from pipeline.models.networks import network_of
 
 from .timing import synchronize
 
@@ -45,7 +46,7 @@ def evaluation_breakdown(
     results: dict[str, list[dict]] = {t: [] for t in IOU_TYPES}
     image_ids: list[int] = []
     batches = iter(loader)
-    model.eval()
+    model = network_of(model).inference_model(model)
     with torch.no_grad():
         while True:
             with phase(PHASES[0]):
