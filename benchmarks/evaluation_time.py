@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -28,10 +28,12 @@ PHASES = ("loading (decode, resize)", "model forward", "detect (decode, NMS, mas
 
 
 def evaluation_breakdown(
-    model: nn.Module, params: Params, prepared_dir: Path, split: str, category_ids: Sequence[int], device: torch.device
+    model: nn.Module, params: Params, prepared_dir: Path, split: str, category_ids: Sequence[int], device: torch.device,
+    max_images: Optional[int] = None,
 ) -> dict[str, Any]:
-    """Score ``model`` on ``split`` (batches of ``eval.batch_size``, loading in-process) and return the time
-    of each of :data:`PHASES` per image: ``{"split", "images", "detections_per_image", "phases": [...]}``."""
+    """Score ``model`` on ``split`` (batches of ``eval.batch_size``, loading in-process; the batches holding its
+    first ``max_images`` images, default all) and return the time of each of :data:`PHASES` per image:
+    ``{"split", "images", "detections_per_image", "phases": [...]}``."""
     loader = split_loader(prepared_dir, split, params.input, params.eval.batch_size, num_workers=0)
     seconds = dict.fromkeys(PHASES, 0.0)
 
@@ -48,7 +50,7 @@ def evaluation_breakdown(
     batches = iter(loader)
     model = network_of(model).inference_model(model)
     with torch.no_grad():
-        while True:
+        while max_images is None or len(image_ids) < max_images:
             with phase(PHASES[0]):
                 batch = next(batches, None)
             if batch is None:

@@ -132,20 +132,32 @@ def _header(result: dict[str, Any]) -> list[str]:
     lines = [
         "# Benchmarks",
         "",
-        f"`{result['command']}` on {machine['device_name']} ({machine['device']}, {machine['cpu_capability']}, "
-        f"{machine['threads']} threads), torch {machine['torch']}, torchvision {machine['torchvision']}. Every "
+        f"`{result['command']}` on {machine['device_name']} ({machine['device']}; CPU {machine['cpu']}, "
+        f"{machine['cpu_id']}, {machine['cpu_capability']}, {machine['threads']} threads; ISA flags: "
+        f"{', '.join(machine['isa_flags']) or 'none read'}), torch {machine['torch']}, torchvision "
+        f"{machine['torchvision']}. Every "
         "figure is the median of its timed calls after warm-up (all calls are in bench.json), and both sides of "
         "every ratio are timed in turn (A B A B ...) with the same number of calls, so that a changing load falls "
         "on both. Absolute numbers are noisy on a shared machine; the ratios are what counts.",
     ]
-    if not machine["bf16_native"]:
-        lines += ["", "**bf16 is emulated here** (`torch.ops.mkldnn._is_mkldnn_bf16_supported()` is False, so "
-                      "`train.precision: auto` trains in fp32, see `pipeline.utils.distributed.resolve_precision`): "
-                      "bf16 convolutions take PyTorch's generic im2col path (`aten::_slow_conv2d_*`) instead of "
-                      "oneDNN, and bf16 matmuls a generic kernel. The bf16 figures and their ratios describe "
-                      "that emulation, not the models on bf16 hardware; each bf16 model step gets "
-                      f"{result['settings']['emulated_bf16_repeats']} timed call(s) after its warm-up."]
+    if machine["bf16_native"]:
+        lines += ["", f"**bf16 is native here** ({machine['bf16_basis']}): the bf16 rows measure the models on "
+                      "bf16 hardware."]
+    else:
+        lines += ["", f"**bf16 is emulated here** ({machine['bf16_basis']}): the bf16 figures and their ratios "
+                      "describe that emulation, not the models on bf16 hardware (an AMX or AVX512-BF16 CPU); each "
+                      f"bf16 model step gets {result['settings']['emulated_bf16_repeats']} timed call(s) after its "
+                      "warm-up."]
     return lines
+
+
+def _bf16_kind(machine: dict[str, Any]) -> str:
+    return "native" if machine["bf16_native"] else "emulated"
+
+
+def _precision(precision: str, machine: dict[str, Any]) -> str:
+    """A table's precision cell: bf16 says whether it was native or emulated."""
+    return f"bf16 ({_bf16_kind(machine)})" if precision == "bf16" else precision
 
 
 def _targets(result: dict[str, Any]) -> list[str]:
@@ -155,7 +167,8 @@ def _targets(result: dict[str, Any]) -> list[str]:
     for row in result["targets"]:
         target = by_key[row["key"]]
         status = "not measured" if row["met"] is None else ("met" if row["met"] else "**missed**")
-        lines.append(f"| {row['label']} | `{row['key']}` | {target.format(row['value'])} | "
+        label = row["label"] + (f" ({_bf16_kind(result['machine'])} bf16)" if "bf16" in row["key"] else "")
+        lines.append(f"| {label} | `{row['key']}` | {target.format(row['value'])} | "
                      f">= {target.format(row['minimum'])} | {status} |")
     lines.append(f"\nMatcher outputs identical to the seed's loop on the timed inputs (`conf_t`, `matched_idx`, "
                  f"`loc_t`): **{str(result['match_identical']).lower()}**.")
@@ -172,7 +185,7 @@ def _methods(result: dict[str, Any]) -> list[str]:
 def _peak(result: dict[str, Any]) -> list[str]:
     lines = ["", "## Attainable peak", "", "| dtype | matmul GFLOP/s | 3x3 conv GFLOP/s | peak |", "|---|---:|---:|---|"]
     for dtype, entry in result["peak"].items():
-        lines.append(f"| {dtype} | {entry['matmul']['gflops']:.1f} | {entry['conv3x3']['gflops']:.1f} | "
+        lines.append(f"| {_precision(dtype, result['machine'])} | {entry['matmul']['gflops']:.1f} | {entry['conv3x3']['gflops']:.1f} | "
                      f"{entry['gflops']:.1f} ({entry['kernel']}) |")
     return lines
 
@@ -189,7 +202,7 @@ def _inference(result: dict[str, Any]) -> list[str]:
     for model, name in MODEL_NAMES.items():
         for precision, entry in inference[model].items():
             masks = f"{entry['mask_dtype'].replace('torch.', '')} {'x'.join(map(str, entry['mask_shape']))}"
-            lines.append(f"| {name} | {precision} | {entry['seconds_per_image']:.3f} | "
+            lines.append(f"| {name} | {_precision(precision, result['machine'])} | {entry['seconds_per_image']:.3f} | "
                          f"{entry['detections_per_image']:.0f} | {masks} | {entry['gflops']:.1f} "
                          f"({entry['peak_share']:.0%}) |")
     lines += ["", "Speed over Mask R-CNN at equal precision: " + ", ".join(
@@ -209,8 +222,8 @@ def _training(result: dict[str, Any]) -> list[str]:
     ]
     for model, name in MODEL_NAMES.items():
         for precision, entry in training[model].items():
-            lines.append(f"| {name} | {precision} | {entry['images_per_s']:.3f} | {entry['gflops']:.1f} | "
-                         f"{entry['peak_share']:.0%} |")
+            lines.append(f"| {name} | {_precision(precision, result['machine'])} | {entry['images_per_s']:.3f} | "
+                         f"{entry['gflops']:.1f} | {entry['peak_share']:.0%} |")
     lines += ["", "Speed over Mask R-CNN at equal precision: " + ", ".join(
         f"{p} {result[f'train_{p}_vs_maskrcnn_{p}']:.2f}x" for p in training["yolact"]) +
         f". Training FLOPs per image (forward + loss + backward, fp32, batch 1): YOLACT "

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -20,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-import torchvision
 from torch import Tensor
 
 from pipeline.config import REPO_ROOT, ConfigError, Params, load, portable_uri, resolve_path
@@ -35,6 +32,7 @@ from . import matching as match_bench
 from .evaluation_time import evaluation_breakdown
 from .onnx_runtime import compare_onnx_forward
 from .loader import loader_against_training, training_loader, transform_breakdown, worker_rate
+from .machine import machine_info
 from .peak import PeakShapes, attainable_peak
 from .profiling import top_ops
 from .report import MODEL_NAMES, TOP_LEVEL, check_targets, describe_methods, render_markdown
@@ -79,6 +77,7 @@ class Settings:
     loader_batches: int = 12
     loader_profile_images: int = 24
     eval_split: str = "val"
+    eval_images: Optional[int] = None  # the first images of eval_split broken down (None: all)
     warmup: int = 1  # untimed calls before the timed ones (>= 1: a model step's first runs under torch.profiler)
     repeats: int = 5  # timed calls per figure (the median counts)
     # Timed calls of each bf16 model step where bf16 is emulated: one emulated Mask R-CNN training step
@@ -91,7 +90,7 @@ class Settings:
 # Mask R-CNN's RoI heads cost the same at any image size: the smoke test samples far fewer RoIs and keeps
 # fewer detections (its mask head runs on each).
 QUICK = Settings(peak=PeakShapes(256, 1, 32, 16), peak_cuda=PeakShapes(1024, 2, 64, 32), match_batch=2,
-                 match_gt=10, loader_batches=2, loader_profile_images=2, repeats=1, quick=True,
+                 match_gt=10, loader_batches=2, loader_profile_images=2, eval_images=8, repeats=1, quick=True,
                  maskrcnn_options=(("rpn_pre_nms_top_n_train", 64), ("rpn_post_nms_top_n_train", 16),
                                    ("rpn_pre_nms_top_n_test", 64), ("rpn_post_nms_top_n_test", 16),
                                    ("box_batch_size_per_image", 16), ("box_detections_per_img", 10)))
@@ -112,13 +111,16 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
-    default_params = load(resolve_path(args.params))
+    params_file = resolve_path(args.params)
+    # The default config's model from scratch: weights never change a timing, and a fresh clone has no warm start.
+    default_params = load(params_file, ["model.backbone.pretrained=null"])
     prepared = resolve_path(args.prepared)
-    ensure_prepared(prepared, args)
+    ensure_prepared(prepared, params_file, default_params)
     torch.manual_seed(0)
 
     sections = Sections()
-    result: dict[str, Any] = {"command": " ".join(["python -m benchmarks.run", *(sys.argv[1:] if argv is None else argv)])}
+    arguments = sys.argv[1:] if argv is None else argv
+    result: dict[str, Any] = {"command": " ".join(["python -m benchmarks.run", *map(portable_uri, arguments)])}
     result["machine"] = machine_info(device)
     profiles: Profiles = {}
 
@@ -152,11 +154,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                                            result["training"]["yolact"]["fp32"]["images_per_s"], profiles)
 
     with sections("evaluation time"):
-        model_path = resolve_path(args.model) if args.model else resolve_path(args.params).parent / "models/model.pt"
+        model_path = resolve_path(args.model) if args.model else params_file.parent / "models/model.pt"
         model, eval_params, weights = evaluation_model(default_params, prepared, device, model_path)
         category_ids = [entry["category_id"] for entry in read_label_map(prepared)]
         result["evaluation"] = {"weights": weights, **evaluation_breakdown(
-            model, eval_params, prepared, settings.eval_split, category_ids, device)}
+            model, eval_params, prepared, settings.eval_split, category_ids, device, settings.eval_images)}
 
     inference, training = result["inference"], result["training"]
     for precision in PRECISIONS:
@@ -238,7 +240,7 @@ def compare_models(
     result["flops"] = {model: {"forward_gflops_per_image": f["infer"] / 1e9, "train_gflops_per_image": f["train"] / 1e9}
                        for model, f in flops.items()}
 
-    native_bf16 = resolve_precision("auto", device) == "bf16"
+    native_bf16 = result["machine"]["bf16_native"]
     repeats = {"fp32": settings.repeats, "bf16": settings.repeats if native_bf16 else settings.emulated_bf16_repeats}
     peaks = {precision: result["peak"][precision]["gflops"] for precision in PRECISIONS}
     op_tables: dict[tuple[str, str, str], OpTable] = {}  # (kind, model, precision) -> its profiled warm-up
@@ -281,7 +283,6 @@ def compare_models(
                 training[model][precision] = {"images_per_s": images_per_s, "gflops": gflops,
                                               "peak_share": gflops / peaks[precision], **timing.as_dict()}
     result["inference"], result["training"] = inference, training
-    result["machine"]["bf16_native"] = native_bf16
 
     for precision in PRECISIONS:
         for kind, label, batch in (("infer", "inference", settings.infer_batch), ("train", "training", settings.train_batch)):
@@ -372,34 +373,21 @@ def evaluation_model(
     return model, params, "random (seeded): no trained model at " + portable_uri(str(path))
 
 
-def ensure_prepared(prepared: Path, args: argparse.Namespace) -> None:
-    """The loader and evaluation benchmarks need prepared data: run the prepare stage for the default path, else stop."""
+def ensure_prepared(prepared: Path, params_file: Path, params: Params) -> None:
+    """The loader and evaluation benchmarks need prepared data. Missing at the stages' own output
+    (data/prepared, as on a fresh clone), it is made as ``dvc repro prepare`` would: the generate stage first
+    when the synthetic set is missing too, then prepare; missing elsewhere, stop in one line."""
     if (prepared / "train.json").is_file():
         return
-    if args.prepared != "data/prepared" or args.quick:
+    if prepared != REPO_ROOT / "data/prepared":
         sys.exit(f"error: {prepared} holds no prepared data (train.json); run `python -m stages.prepare` first")
-    print(f"[bench] {prepared} is missing: running `python -m stages.prepare --params {args.params}` first", flush=True)
-    subprocess.run([sys.executable, "-m", "stages.prepare", "--params", args.params], cwd=REPO_ROOT, check=True)
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
-        "cpu": cpu,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
+    data = params.data
+    generated = (resolve_path(data.root) / "annotations" / f"instances_{data.train_split}.json").is_file()
+    for stage in ([] if generated or data.source != "synthetic" else ["generate"]) + ["prepare"]:
+        command = [sys.executable, "-m", f"stages.{stage}", "--params", str(params_file)]
+        print(f"[bench] no prepared data at {portable_uri(str(prepared))}: running `python -m stages.{stage}`", flush=True)
+        if subprocess.run(command, cwd=REPO_ROOT).returncode != 0:
+            sys.exit(f"error: `python -m stages.{stage}` failed (above); fix it, then run the benchmarks again")
 
 
 def _parser() -> argparse.ArgumentParser:

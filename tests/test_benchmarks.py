@@ -3,19 +3,25 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from benchmarks import matching as match_bench
 from benchmarks import workloads
 from benchmarks.evaluation_time import PHASES, evaluation_breakdown
+from benchmarks.machine import BF16_FLAGS, ISA_FLAGS, cpu_bf16, cpu_description
 from benchmarks.loader import as_one_worker, loader_against_training, training_loader, transform_breakdown, worker_rate
 from benchmarks.peak import PeakShapes, attainable_peak
 from benchmarks.reference_match import reference_match
 from benchmarks.report import TARGETS, TOP_LEVEL, check_targets
-from benchmarks.run import QUICK, SYNTHETIC_DATA, main
+from benchmarks.run import QUICK, SYNTHETIC_DATA
 from benchmarks.timing import Sections, Timing, measure, measure_interleaved
 from benchmarks.workloads import (
     build_maskrcnn,
@@ -34,7 +40,9 @@ from pipeline.data.layout import read_label_map
 from pipeline.utils.distributed import Dist
 from pipeline.models.yolact.model import build_model, count_flops
 from pipeline.training.sampling import SampleStream
-from tests.conftest import REPO
+from tests.analysis.test_reports_portable import ABSOLUTE
+from tests.conftest import PYTHON, REPO
+from tests.tiny import tiny_params
 
 CPU = torch.device("cpu")
 TINY_YOLACT = [*SYNTHETIC_DATA, "model.backbone.pretrained=null", "input.size=64",
@@ -267,12 +275,88 @@ def test_evaluation_breakdown_covers_every_phase(tiny_project):
     assert sum(row["ms_per_image"] for row in result["phases"]) == pytest.approx(result["ms_per_image"])
 
 
-def test_quick_run_writes_the_reports(tiny_project, tmp_path):
-    result = main(["--quick", "--device", "cpu", "--threads", "1", "--params", str(tiny_project / "params.yaml"),
-                   "--prepared", str(tiny_project / "data/prepared"), "--out", str(tmp_path)])
-    assert result["machine"]["threads"] == 1
-    written = json.loads((tmp_path / "bench.json").read_text())
-    assert written == json.loads(json.dumps(result))
+AMX_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+stepping\t: 8
+flags\t\t: fpu sse4_2 avx f16c avx2 fma avx512f avx512bw avx512vl avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8
+
+processor\t: 1
+model name\t: another
+"""
+
+
+def test_cpu_description_reads_the_model_and_the_isa_flags():
+    cpu = cpu_description(AMX_CPUINFO)
+    assert cpu["cpu"] == "Intel(R) Xeon(R) Platinum 8480+" and cpu["cpu_id"] == "GenuineIntel family 6 model 143 stepping 8"
+    assert cpu["isa_flags"] == ["avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_bf16",
+                                "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"]
+    assert cpu_description("")["isa_flags"] == [] and cpu_description("")["cpu"]
+
+
+def test_bf16_is_native_only_with_bf16_instructions_that_onednn_uses():
+    assert cpu_bf16(True, ["avx512f", "amx_bf16"])["bf16_native"] is True
+    assert cpu_bf16(True, ["avx512f", "avx512_bf16"])["bf16_native"] is True
+    assert cpu_bf16(True, ["avx2", "avx512f", "avx512bw"]) == {  # oneDNN takes bf16 on plain AVX-512, emulated
+        "bf16_native": False, "bf16_basis": "no AMX-BF16 or AVX512-BF16 in the ISA: oneDNN's bf16 kernels convert to fp32"}
+    assert cpu_bf16(False, ["avx2"])["bf16_native"] is False
+
+
+def clean_tree(dest: Path) -> Path:
+    """What a fresh clone of this working tree holds (tracked and unignored files; no data/, models/ or
+    mlflow.db), copied to ``dest``."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip(f"{REPO} is not a git working tree: no clean tree to copy")
+    for name in filter(None, listed.stdout.split("\0")):
+        if (REPO / name).is_file():  # not a deleted file, nor a symlinked .venv
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def test_quick_run_from_a_fresh_clone_makes_its_data_and_writes_the_reports(tmp_path):
+    clone = clean_tree(tmp_path / "clone")
+    assert not (clone / "data").exists() and not (clone / "models").exists()
+    (clone / "tiny.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
+
+    def bench(params: str) -> subprocess.CompletedProcess:
+        return subprocess.run([PYTHON, "-m", "benchmarks.run", "--quick", "--device", "cpu", "--threads", "1",
+                               "--params", params], cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+
+    # data that cannot be made (a COCO root without its annotations): one line of why, no traceback, no report
+    (clone / "empty_coco").mkdir()
+    coco = tiny_params({"data": {"source": "coco", "root": "empty_coco"}})
+    (clone / "coco.yaml").write_text(yaml.safe_dump(coco, sort_keys=False))
+    failed = bench("coco.yaml")
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr[-2000:]
+    assert failed.stderr.strip().splitlines()[-1].startswith("error: `python -m stages.prepare` failed")
+    assert (clone / "reports/bench.json").read_bytes() == (REPO / "reports/bench.json").read_bytes()
+
+    proc = bench("tiny.yaml")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "running `python -m stages.generate`" in proc.stdout and "running `python -m stages.prepare`" in proc.stdout
+    assert (clone / "data/prepared/train.json").is_file() and not (clone / "models").exists()
+    written = json.loads((clone / "reports/bench.json").read_text())
+    markdown = (clone / "reports/bench.md").read_text()
+    found = [m.group(0) for text in (json.dumps(written, indent=1), markdown) for m in ABSOLUTE.finditer(text)]
+    assert not found, found[:5]  # no machine's paths, the weights' included
+    assert written["command"] == "python -m benchmarks.run --quick --device cpu --threads 1 --params tiny.yaml"
+    assert written["evaluation"]["weights"] == "random (seeded): no trained model at models/model.pt"
+    assert written["evaluation"]["images"] == QUICK.eval_images
+
+    machine = written["machine"]
+    assert machine["threads"] == 1 and machine["cpu"] and isinstance(machine["bf16_native"], bool)
+    assert set(machine["isa_flags"]) <= set(ISA_FLAGS) and machine["bf16_basis"]
+    assert machine["bf16_native"] == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()
+                                          and set(BF16_FLAGS) & set(machine["isa_flags"]))
+    kind = "native" if machine["bf16_native"] else "emulated"
+    assert f"bf16 is {kind} here" in markdown and f"| YOLACT | bf16 ({kind}) |" in markdown
+    assert f"| Mask R-CNN | bf16 ({kind}) |" in markdown and f"both bf16 autocast ({kind} bf16)" in markdown
     assert list(written)[:len(TOP_LEVEL)] == list(TOP_LEVEL)
     assert all(written[key] > 0 for key in TOP_LEVEL if key != "match_identical")
     assert written["match_identical"] is True
@@ -303,7 +387,6 @@ def test_quick_run_writes_the_reports(tiny_project, tmp_path):
     assert onnx["largest_difference"] < 1e-3 and len(onnx["pytorch"]["seconds"]) == len(onnx["onnxruntime"]["seconds"])
     assert onnx["onnxruntime_vs_pytorch"] == onnx["pytorch"]["median_s"] / onnx["onnxruntime"]["median_s"]
 
-    markdown = (tmp_path / "bench.md").read_text()
     assert all(t.label in markdown and t.key in markdown for t in TARGETS)
     compared = {"inference": {"YOLACT", "Mask R-CNN"}, "training": {"YOLACT", "Mask R-CNN"},
                 "matching": {"match_batch", "reference"}, "data loader": {"loader", "training"}}
@@ -311,5 +394,4 @@ def test_quick_run_writes_the_reports(tiny_project, tmp_path):
         described = written["methods"][figure]
         assert sides | {"both"} <= set(described) and all(described.values())
         assert all(f"| {figure} | {side} | {described[side]} |" in markdown for side in sides | {"both"})
-    assert ("bf16 is emulated here" in markdown) != written["machine"]["bf16_native"]
     assert "## ONNX Runtime" in markdown and "| total |" in markdown

@@ -67,9 +67,8 @@ def run_cell(params: Params, prepared_dir: Path, work_dir: Path, outputs: CellOu
     trained = load_model(outputs_dir.model_path, device)
     loader = split_loader(prepared_dir, "test", params.input, params.eval.batch_size, params.data.num_workers)
     predictions = predict(trained.model, loader, params.eval, params.loss.use_focal_loss, category_ids, device)
-    gt_path = ground_truth_path(prepared_dir, "test")
-    evaluations = score(gt_path, predictions)
-    gt = load_coco(gt_path)
+    gt = load_coco(ground_truth_path(prepared_dir, "test"))
+    evaluations = score(gt, predictions)
     tide = {t: tide_errors(gt, predictions.results[t], t, image_ids=predictions.image_ids) for t in IOU_TYPES}
     for t in IOU_TYPES:
         save_image_matches(outputs.matches(t), evaluations[t].matches)

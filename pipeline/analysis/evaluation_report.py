@@ -48,9 +48,9 @@ def evaluate_model(trained: TrainedModel, model_path: Path, prepared_dir: Path, 
                           trained.category_ids, device, keep_examples=params.eval.num_visualize, progress=progress)
     gt_path = ground_truth_path(prepared_dir, split)
     start = time.perf_counter()
-    evaluations = score(gt_path, predictions)
+    gt = load_coco(gt_path)  # parsed once: scoring, TIDE and the confusion matrix share it
+    evaluations = score(gt, predictions)
     scoring_seconds = time.perf_counter() - start
-    gt = load_coco(gt_path)
     names = category_names(gt)
 
     intervals = {t: bootstrap_ap(evaluations[t].matches, params.eval.bootstrap_resamples, seed=params.seed) for t in IOU_TYPES}

@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
 from pipeline.config import EvalParams, InputParams, Params
@@ -99,9 +100,9 @@ def predict(
     return Predictions(results, seconds / count, len(image_ids), image_ids, examples, post_seconds / count)
 
 
-def score(gt_path: Path, predictions: Predictions) -> dict[str, CocoEvaluation]:
-    """COCOeval of boxes and masks against the ground truth at ``gt_path``, on the predicted images."""
-    gt = load_coco(gt_path)
+def score(gt: COCO | Path, predictions: Predictions) -> dict[str, CocoEvaluation]:
+    """COCOeval of boxes and masks against the ground truth ``gt`` (loaded, or its file), on the predicted images."""
+    gt = gt if isinstance(gt, COCO) else load_coco(gt)
     return {t: coco_evaluate(gt, predictions.results[t], t, image_ids=predictions.image_ids) for t in IOU_TYPES}
 
 
@@ -112,14 +113,14 @@ def flat_metrics(evaluations: dict[str, CocoEvaluation]) -> dict[str, float]:
 
 def validation_scorer(params: Params, prepared_dir: Path, category_ids: Sequence[int],
                       device: torch.device) -> Callable[[nn.Module], dict[str, float]]:
-    """``score(model) -> {"val_bbox_AP", "val_segm_AP"}`` on the val split's official ground truth."""
+    """``score(model) -> {"val_bbox_AP", "val_segm_AP"}`` on the val split's official ground truth (parsed once)."""
     loader = split_loader(prepared_dir, "val", params.input, params.eval.batch_size, params.data.num_workers)
-    gt_path = ground_truth_path(prepared_dir, "val")
+    gt = load_coco(ground_truth_path(prepared_dir, "val"))
 
     def score_model(model: nn.Module) -> dict[str, float]:
         predictions = predict(model, loader, params.eval, params.loss.use_focal_loss, category_ids, device,
                               progress=False)
-        evaluations = score(gt_path, predictions)
+        evaluations = score(gt, predictions)
         return {f"val_{t}_AP": evaluations[t].metrics["AP"] for t in IOU_TYPES}
 
     return score_model
