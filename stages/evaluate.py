@@ -33,14 +33,18 @@ def main(params, run, args):
     """COCO box/mask AP with bootstrap intervals, TIDE errors, per-class AP, PR curves, results files."""
     from pipeline.utils.distributed import select_device
     from pipeline.analysis.evaluation_report import evaluate_model
+    from pipeline.data.layout import ground_truth_path
     from pipeline.models.loading import load_model
     from pipeline.tracking.fingerprint import fingerprint
+    from pipeline.tracking.provenance import directory_digest
 
     device = select_device(params.train.device)
     trained = load_model(args.model, device)
     parent = trained.payload.get("mlflow_run_id")
+    gt_md5 = directory_digest(ground_truth_path(PREPARED, args.split))  # what the champion is compared on
     run.set_tags({"data_fingerprint": fingerprint(PREPARED.glob("*.json")), "device": str(device),
-                  "model": str(args.model), "split": args.split, **({"mlflow.parentRunId": parent} if parent else {})})
+                  "model": str(args.model), "split": args.split, "ground_truth_md5": gt_md5,
+                  **({"mlflow.parentRunId": parent} if parent else {})})
     outputs = outputs_for(args)
     flat = evaluate_model(trained, args.model, PREPARED, args.split, params, outputs, device)
     run.log_metrics(flat)
@@ -52,7 +56,7 @@ def main(params, run, args):
     print(f"{args.split} split: bbox AP {flat['bbox_AP']:.4f} [{flat['bbox_AP_lo']:.4f}, {flat['bbox_AP_hi']:.4f}], "
           f"segm AP {flat['segm_AP']:.4f} [{flat['segm_AP_lo']:.4f}, {flat['segm_AP_hi']:.4f}] -> {outputs.metrics_path}")
     if args.split == DEFAULT_SPLIT:
-        print(run.model_evaluated(parent, {f"test_{k}": v for k, v in flat.items()}))
+        print(run.model_evaluated(parent, {f"test_{k}": v for k, v in flat.items()}, gt_md5))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 The train stage logs its checkpoint as a pyfunc model (:mod:`pipeline.deploy.pyfunc_model`, with this package as
 code and pinned requirements, so nothing is inferred or downloaded) and registers it; the evaluate stage
-tags the version with its test AP and moves ``champion`` to it only when its test mask AP beats the
-champion's. Every function is idempotent: :mod:`pipeline.tracking.sync` calls them again for spooled runs.
+tags the version with its test AP and the md5 of the test ground truth it was measured on, and settles
+``champion``: the best test mask AP among the versions measured on the champion's ground truth, safe
+against other processes and machines settling it at the same time (:func:`settle_champion`). Every function
+is idempotent: :mod:`pipeline.tracking.sync` calls them again for spooled runs.
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import logging
 import math
 import shutil
 import tempfile
-from contextlib import AbstractContextManager, nullcontext
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,11 @@ MODEL_NAME = "yolact"
 CHAMPION = "champion"
 RANKING_METRIC = "test_segm_AP"
 VERSION_METRICS = ("test_bbox_AP", "test_segm_AP")
+# The md5 of the ground truth (data/prepared/gt_test.json) the version's test AP was measured on: only versions
+# with the champion's take it.
+GT_TAG = "test_gt_md5"
+# Moves of the alias one evaluation makes at most while others move it too (each concurrent evaluation needs ~1).
+SETTLE_ROUNDS = 20
 # The 95% bootstrap intervals of VERSION_METRICS, shown in the version's description (its model card).
 INTERVAL_METRICS = tuple(f"{key}_{end}" for key in VERSION_METRICS for end in ("lo", "hi"))
 # The params a reader of a model card looks for (the run page has them all).
@@ -32,7 +38,8 @@ CARD_PARAMS = ("model.arch", "model.backbone.depth", "model.init_from", "model.b
                "train.batch_size", "train.lr", "train.precision", "data.source", "data.categories", "seed")
 MODEL_DESCRIPTION = f"""The pipeline's instance segmentation model (YOLACT, or Mask R-CNN with `model.arch: mask_rcnn`):
 one version per train run, each described by its own card (data, test AP, params). The alias
-`{CHAMPION}` is on the version with the best test mask AP (the evaluate stage moves it).
+`{CHAMPION}` is on the version with the best test mask AP on the champion's test ground truth (the
+evaluate stage moves it).
 
 ```python
 model = mlflow.pyfunc.load_model("models:/{MODEL_NAME}@{CHAMPION}")
@@ -87,7 +94,7 @@ def register_model(client: Any, run_id: str, checkpoint: Path, tags: dict[str, s
     # tracking URI, not this client's.
     version = client.create_model_version(MODEL_NAME, source=model.artifact_location, run_id=run_id, tags=tags,
                                           model_id=model.model_id, await_creation_for=0)
-    return _describe(client, version, {})
+    return _describe(client, version, {}, None)
 
 
 def save_pyfunc(path: Path, checkpoint: Path, logged_model: Any, run_id: str, scratch: Path) -> None:
@@ -118,45 +125,79 @@ def save_pyfunc(path: Path, checkpoint: Path, logged_model: Any, run_id: str, sc
         pyfunc_logger.setLevel(level)
 
 
-def should_promote(candidate: float, champion: float | None) -> bool:
-    """A version takes ``champion`` when its test mask AP beats the champion's (or there is none)."""
-    return not math.isnan(candidate) and (champion is None or candidate > champion)
-
-
-def record_evaluation(client: Any, run_id: str, metrics: dict[str, float],
-                      lock: AbstractContextManager | None = None) -> str:
-    """Tag the version of run ``run_id``'s model with its test AP (``VERSION_METRICS`` of ``metrics``) and
-    move ``champion`` to it if it beats the champion; one line saying what happened.
-
-    ``lock`` serialises the compare-and-move between processes of one machine (parallel queued
-    experiments); across machines two evaluations finishing at the same moment may race."""
+def record_evaluation(client: Any, run_id: str, metrics: dict[str, float], gt_md5: str | None) -> str:
+    """Tag the version of run ``run_id``'s model with its test AP (``VERSION_METRICS`` of ``metrics``) and ``gt_md5``
+    (the md5 of the test ground truth it was measured on), then settle ``champion``; one line saying what happened."""
     version = model_version(client, run_id)
     if version is None:
         return f"registered model: run {run_id} registered no version of '{MODEL_NAME}'; champion unchanged"
     values = {key: math.nan if metrics.get(key) is None else float(metrics[key]) for key in VERSION_METRICS}
-    for key, value in values.items():
-        client.set_model_version_tag(MODEL_NAME, version.version, key, repr(value))
-    _describe(client, version, metrics)
-    candidate = values[RANKING_METRIC]
-    with lock or nullcontext():
+    tags = {**{key: repr(value) for key, value in values.items()}, **({GT_TAG: gt_md5} if gt_md5 else {})}
+    for key, value in tags.items():
+        client.set_model_version_tag(MODEL_NAME, version.version, key, value)
+    _describe(client, version, metrics, gt_md5)
+    before, after, settled = settle_champion(client, gt_md5)
+    return outcome(str(version.version), values[RANKING_METRIC], gt_md5, before, after, settled)
+
+
+def settle_champion(client: Any, gt_md5: str | None) -> tuple[Any | None, Any | None, bool]:
+    """Move ``champion`` to :func:`champion_choice` of the registry as read now, and read again after every move
+    until it holds there. Each round reads all versions first, then the alias: whatever other processes or
+    machines do at the same time, the last of these reads sees every tag written before it and no move follows
+    it unchecked, so the alias ends on the best (the argument is in docs/tracking.md). The champion before and
+    after, and whether it held within ``SETTLE_ROUNDS`` moves."""
+    before = None
+    for moves in range(SETTLE_ROUNDS + 1):
+        versions = _versions(client)  # first every version's tags, then the alias: the order matters
         champion = _champion(client)
-        if champion is not None and champion.version == version.version:
-            return f"registered model: {MODEL_NAME} v{version.version} is the champion (segm AP {candidate:.4f})"
-        champion_ap = _tagged_ap(champion) if champion is not None else None
-        if not should_promote(candidate, champion_ap):
-            than = "no champion yet" if champion is None else f"champion v{champion.version} ({champion_ap:.4f})"
-            return (f"registered model: {MODEL_NAME} v{version.version} (segm AP {candidate:.4f}) does not beat "
-                    f"{than}; champion unchanged")
-        client.set_registered_model_alias(MODEL_NAME, CHAMPION, version.version)
-    before = "no champion" if champion is None else f"v{champion.version} ({champion_ap:.4f})"
-    return (f"registered model: {MODEL_NAME} v{version.version} (segm AP {candidate:.4f}) is the new "
-            f"champion, was {before}")
+        before = before if moves else champion
+        choice = champion_choice(versions, champion, gt_md5)
+        if choice is None or _same(choice, champion):
+            return before, champion, True
+        if moves < SETTLE_ROUNDS:  # never a move left unchecked
+            client.set_registered_model_alias(MODEL_NAME, CHAMPION, choice.version)
+    return before, champion, False
 
 
-def model_card(version: str, run: Any, metrics: dict[str, float | None]) -> str:
+def champion_choice(versions: list[Any], champion: Any | None, gt_md5: str | None) -> Any | None:
+    """The version that should hold ``champion``: the highest test mask AP among ``versions`` measured on the
+    champion's ground truth (on ``gt_md5`` when there is no champion or it has none recorded); the champion
+    keeps a tie, otherwise the oldest tied version wins; None when no version qualifies."""
+    reference = (champion.tags.get(GT_TAG) if champion is not None else None) or gt_md5
+    scored = [(_tagged_ap(v), v) for v in versions if reference and v.tags.get(GT_TAG) == reference]
+    scored = [(ap, v) for ap, v in scored if not math.isnan(ap)]
+    if not scored:
+        return None
+    top = max(ap for ap, _ in scored)
+    tied = sorted((v for ap, v in scored if ap == top), key=lambda v: int(v.version))
+    return next((v for v in tied if _same(v, champion)), tied[0])
+
+
+def outcome(version: str, ap: float, gt_md5: str | None, before: Any | None, after: Any | None, settled: bool) -> str:
+    """One line on what settling the champion did for the evaluated ``version`` (``before``, ``after``: the
+    champion)."""
+    head = f"registered model: {MODEL_NAME} v{version} (segm AP {ap:.4f})"
+    if not settled:
+        return (f"{head}: the champion is still moving after {SETTLE_ROUNDS} moves (other evaluations at the "
+                f"same time), {_label(after)} now; the next evaluation settles it")
+    if after is not None and str(after.version) == version:
+        if _same(before, after):
+            return f"registered model: {MODEL_NAME} v{version} is the champion (segm AP {ap:.4f})"
+        return f"{head} is the new champion, was {_label(before)}"
+    unchanged = "champion unchanged" if _label(before) == _label(after) else f"champion was {_label(before)}"
+    if after is None:
+        return f"{head} cannot be the champion (no test mask AP or ground-truth md5); {unchanged}"
+    if after.tags.get(GT_TAG) != gt_md5:
+        return (f"{head} was measured on other test ground truth (md5 {gt_md5 or 'not recorded'}) than champion "
+                f"{_label(after)} (md5 {after.tags.get(GT_TAG)}), so it never takes it; {unchanged}")
+    return f"{head} does not beat champion {_label(after)}; {unchanged}"
+
+
+def model_card(version: str, run: Any, metrics: dict[str, float | None], gt_md5: str | None) -> str:
     """The description of version ``version`` of ``yolact`` trained by ``run`` (an MLflow ``Run``): the data it
-    was trained on (DVC digest), its test AP with 95% intervals once evaluated, the params that matter and
-    the two lines that load and use it (Markdown, as the registry page renders it)."""
+    was trained on (DVC digest), its test AP with 95% intervals once evaluated (on the ground truth of md5
+    ``gt_md5``), the params that matter and the two lines that load and use it (Markdown, as the registry page
+    renders it)."""
     params, tags = run.data.params, run.data.tags
     lines = [f"**{MODEL_NAME} v{version}**, trained by run `{run.info.run_id}`"
              + (f" (DVC experiment `{tags['dvc_exp']}`)" if tags.get("dvc_exp") else "")
@@ -178,7 +219,8 @@ def model_card(version: str, run: Any, metrics: dict[str, float | None]) -> str:
         interval = f"[{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else "n/a"
         rows.append(f"| {label} AP | {value:.4f} | {interval} |")
     if rows:
-        lines += ["", "Test split (COCO AP, 95% bootstrap interval over images):", "", "| | AP | interval |",
+        measured = f"ground truth md5 `{gt_md5}`; " if gt_md5 else ""
+        lines += ["", f"Test split ({measured}COCO AP, 95% bootstrap interval over images):", "", "| | AP | interval |",
                   "|---|---|---|", *rows]
     else:
         lines.append("Test AP: not evaluated yet (the evaluate stage adds it).")
@@ -190,9 +232,9 @@ def model_card(version: str, run: Any, metrics: dict[str, float | None]) -> str:
     return "\n".join(lines)
 
 
-def _describe(client: Any, version: Any, metrics: dict[str, float | None]) -> Any:
-    """Write the model card of ``version`` (with ``metrics`` once evaluated); the version."""
-    card = model_card(version.version, client.get_run(version.run_id), metrics)
+def _describe(client: Any, version: Any, metrics: dict[str, float | None], gt_md5: str | None) -> Any:
+    """Write the model card of ``version`` (with ``metrics`` and ``gt_md5`` once evaluated); the version."""
+    card = model_card(version.version, client.get_run(version.run_id), metrics, gt_md5)
     if version.description != card:
         version = client.update_model_version(MODEL_NAME, version.version, description=card)
     return version
@@ -223,6 +265,25 @@ def _champion(client: Any) -> Any | None:
 
 
 def _tagged_ap(version: Any) -> float:
-    """The champion's tagged test mask AP; a champion set by hand without one counts as -inf."""
+    """A version's tagged test mask AP; NaN when it has none (never evaluated, or set champion by hand)."""
     value = version.tags.get(RANKING_METRIC)
-    return float(value) if value not in (None, "") else -math.inf
+    return float(value) if value not in (None, "") else math.nan
+
+
+def _same(version: Any | None, other: Any | None) -> bool:
+    return version is not None and other is not None and str(version.version) == str(other.version)
+
+
+def _label(version: Any | None) -> str:
+    return "no champion" if version is None else f"v{version.version} ({_tagged_ap(version):.4f})"
+
+
+def _versions(client: Any) -> list[Any]:
+    """Every version of ``yolact`` with its tags, all pages."""
+    out, token = [], None
+    while True:
+        page = client.search_model_versions(f"name = '{MODEL_NAME}'", page_token=token)
+        out += list(page)
+        token = page.token
+        if not token:
+            return out

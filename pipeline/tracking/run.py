@@ -28,7 +28,6 @@ from pipeline.tracking.store import (
     _create_run,
     _one_line,
     _open_experiment,
-    _registry_lock,
     _retry,
     _sync_quietly,
     main_repo_root,
@@ -183,9 +182,10 @@ class Run:
             (stored,) = self._entry.store(Path(checkpoint), None)
             self._journal({"op": "model", "checkpoint": stored[1], "tags": tags})
 
-    def model_evaluated(self, model_ref: str | None, metrics: dict[str, float]) -> str:
-        """Tag the registered version of the model trained by run ``model_ref`` with its test AP and move the
-        alias ``champion`` to it if it beats the champion; one line saying what happened."""
+    def model_evaluated(self, model_ref: str | None, metrics: dict[str, float], gt_md5: str | None) -> str:
+        """Tag the registered version of the model trained by run ``model_ref`` with its test AP and the md5 of the
+        test ground truth it was measured on, and settle the alias ``champion``
+        (:func:`pipeline.tracking.registry.record_evaluation`); one line saying what happened."""
         from pipeline.tracking import registry
 
         if not model_ref:
@@ -193,11 +193,10 @@ class Run:
                     "champion unchanged")
         wanted = {k: metrics.get(k) for k in registry.VERSION_METRICS + registry.INTERVAL_METRICS}
         target = self._resolve(model_ref)
-        lock = _registry_lock(self._root or main_repo_root())
-        message = self._send(lambda: registry.record_evaluation(self._client, target, wanted, lock), target)
+        message = self._send(lambda: registry.record_evaluation(self._client, target, wanted, gt_md5), target)
         if message:
             return message
-        self._journal({"op": "evaluated", "model_run": target or model_ref, "metrics": wanted})
+        self._journal({"op": "evaluated", "model_run": target or model_ref, "metrics": wanted, "gt_md5": gt_md5})
         return "registered model: the champion is decided when the spooled run is synced (python -m stages.sync)"
 
     def end(self, status: str) -> None:

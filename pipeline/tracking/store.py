@@ -66,8 +66,7 @@ def sync_spool(uri: str, root: Path | None = None, client: Any = None) -> Any:
             with _store_lock(uri):
                 return _group_run(client, exp_id, key, name)
 
-        return sync_pending(client, uri, root, lambda name: _open_experiment(uri, name, root, client)[1], group_run,
-                            _registry_lock(root))
+        return sync_pending(client, uri, root, lambda name: _open_experiment(uri, name, root, client)[1], group_run)
     except Exception as err:
         raise PipelineError(f"mlflow: syncing {spool_dir(root)} to {uri} failed ({_one_line(err)}); the runs not "
                             "synced stay spooled: run it again once the store is reachable") from err
@@ -129,14 +128,6 @@ def _create_run(client: Any, uri: str, exp_id: str, run_name: str, parent: tuple
         parent_id = _group_run(client, exp_id, *parent) if parent else None
     tags = {"spool_id": entry.id} if entry else None
     return _retry(lambda: client.create_run(exp_id, run_name=run_name, tags=tags)).info.run_id, parent_id
-
-
-def _registry_lock(root: Path) -> Any:
-    """Serialise moving the ``champion`` alias between the processes of one repository."""
-    from filelock import FileLock
-
-    spool_dir(root).mkdir(parents=True, exist_ok=True)
-    return FileLock(str(spool_dir(root) / "registry.lock"), timeout=300)
 
 
 def _group_run(client: Any, experiment_id: str, key: str, name: str) -> str:

@@ -39,7 +39,7 @@ class SyncReport:
 
 
 def sync_pending(client: Any, uri: str, root: Path, experiment_id: Callable[[str], str],
-                 group_run: Callable[[str, str, str], str], registry_lock: Any = None) -> SyncReport:
+                 group_run: Callable[[str, str, str], str]) -> SyncReport:
     """Replay every unlocked entry under ``root`` that was spooled for ``uri``, oldest first.
 
     ``experiment_id(name)`` gets or creates an experiment; ``group_run(experiment_id, key, name)`` finds or
@@ -72,7 +72,7 @@ def sync_pending(client: Any, uri: str, root: Path, experiment_id: Callable[[str
                     if (entry.id, missing[0]) not in report.waiting:
                         report.waiting.append((entry.id, missing[0]))
                     continue
-                run_id = replay(client, entry, records, root, experiment_id, group_run, registry_lock, report.messages)
+                run_id = replay(client, entry, records, root, experiment_id, group_run, report.messages)
                 entry_id = entry.id
                 entry.mark_synced(run_id)
                 report.synced.append((entry_id, run_id))
@@ -96,7 +96,7 @@ def describe(report: SyncReport, uri: str) -> list[str]:
 
 def replay(client: Any, entry: SpoolEntry, records: list[dict[str, Any]], root: Path,
            experiment_id: Callable[[str], str], group_run: Callable[[str, str, str], str],
-           registry_lock: Any, messages: list[str]) -> str:
+           messages: list[str]) -> str:
     """Send what the server lacks of one entry's run; its server run id."""
     from mlflow.entities import Metric, Param, RunTag
 
@@ -186,7 +186,7 @@ def replay(client: Any, entry: SpoolEntry, records: list[dict[str, Any]], root: 
             messages.append(f"registered model: {registry.MODEL_NAME} v{version.version} from run {run_id}")
         elif record["op"] == "evaluated":
             messages.append(registry.record_evaluation(client, resolve(record["model_run"]), record["metrics"],
-                                                       registry_lock))
+                                                       record.get("gt_md5")))
     ends.setdefault(run_id, ("KILLED", None))  # the process died before it ended the run
     for target, (status, end_time) in ends.items():
         client.set_terminated(target, status, end_time)

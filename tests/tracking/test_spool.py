@@ -52,7 +52,7 @@ def test_runs_spooled_from_the_start_sync_with_their_links_model_and_champion(tm
     evaluate.log_metrics({"segm_AP": 0.25})
     evaluate.log_to(train.ref, {"test_segm_AP": 0.25, "test_bbox_AP": 0.5}, [(str(root / "log.csv"), "eval")])
     assert "decided when the spooled run is synced" in evaluate.model_evaluated(
-        train.ref, {"test_segm_AP": 0.25, "test_bbox_AP": 0.5})
+        train.ref, {"test_segm_AP": 0.25, "test_bbox_AP": 0.5}, "a" * 32)
     evaluate.end("FINISHED")
 
     killed = spooled_run(root, uri, "ablate", parent=("grid-1", "ablation"))
@@ -86,7 +86,7 @@ def test_runs_spooled_from_the_start_sync_with_their_links_model_and_champion(tm
     assert artifacts == {"train/log.csv", "eval/log.csv"}
     assert eval_run.data.tags["mlflow.parentRunId"] == train_run.info.run_id
     version = model_version(client, train_run.info.run_id)  # registered at sync time
-    assert float(version.tags["test_segm_AP"]) == 0.25
+    assert float(version.tags["test_segm_AP"]) == 0.25 and version.tags["test_gt_md5"] == "a" * 32
     card = client.get_model_version("yolact", version.version).description  # the model card
     assert data["digest"] in card and "| mask AP | 0.2500 |" in card and f'"models:/yolact/{version.version}"' in card
     assert "models:/yolact@champion" in client.get_registered_model("yolact").description

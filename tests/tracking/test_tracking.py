@@ -1,10 +1,12 @@
 """MLflow tracking: one run per stage with params, metric history, metrics, tags and artifacts."""
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from pipeline.tracking.registry import GT_TAG
 from pipeline.tracking.store import main_repo_root, resolve_tracking_uri
 from tests.conftest import stage_env
 from tests.tiny import run_stage
@@ -63,6 +65,7 @@ def test_train_and_evaluate_log_one_run_per_model(evaluated):
     for tag in ("git_commit", "git_dirty", "data_fingerprint", "torch_version", "device"):
         assert tags.get(tag), tag
     assert eval_run.data.tags["mlflow.parentRunId"] == train_run.info.run_id
+    assert eval_run.data.tags["ground_truth_md5"] == gt_md5(project)
     artifacts = {f.path for f in client.list_artifacts(train_run.info.run_id)}
     assert {"train", "data", "eval"} <= artifacts
     assert "eval/examples.png" in {f.path for f in client.list_artifacts(train_run.info.run_id, "eval")}
@@ -71,7 +74,7 @@ def test_train_and_evaluate_log_one_run_per_model(evaluated):
     assert str(model.status) == "READY" and model.source_run_id == train_run.info.run_id
     files = {f.path for f in client.list_logged_model_artifacts(model.model_id)}
     assert {"MLmodel", "artifacts", "code", "requirements.txt", "input_example.json"} <= files
-    assert not [p for p in (project / ".mlflow-spool").iterdir() if p.name not in ("synced", "registry.lock")]
+    assert not [p for p in (project / ".mlflow-spool").iterdir() if p.name != "synced"]
 
 
 def test_the_logged_model_carries_the_whole_pipeline_package_as_code(evaluated):
@@ -106,10 +109,15 @@ def test_the_trained_model_is_registered_and_the_first_evaluated_version_is_cham
     assert version.source == logged.artifact_location
     assert float(version.tags["test_segm_AP"]) == pytest.approx(metrics["segm"]["AP"])
     assert float(version.tags["test_bbox_AP"]) == pytest.approx(metrics["bbox"]["AP"])
+    assert version.tags[GT_TAG] == gt_md5(project)  # the ground truth the champion is compared on
     assert "dvc_exp" not in version.tags  # not a DVC experiment
     assert client.get_model_version_by_alias("yolact", "champion").version == version.version
     ap = metrics["segm"]["AP"]
     assert f"yolact v{version.version} (segm AP {ap:.4f}) is the new champion, was no champion" in stdout
+
+
+def gt_md5(project: Path) -> str:
+    return hashlib.md5((project / "data/prepared/gt_test.json").read_bytes()).hexdigest()
 
 
 def torch_payload(path: Path) -> dict:
@@ -167,11 +175,12 @@ def test_the_champion_moves_only_to_a_version_with_a_higher_test_mask_ap(evaluat
     second = client.create_run(client.get_experiment_by_name("yolact").experiment_id, run_name="train").info.run_id
     version = register_model(client, second, project / "models/model.pt", {})
     assert register_model(client, second, project / "models/model.pt", {}).version == version.version  # once
-    lower = record_evaluation(client, second, {"test_bbox_AP": 0.1, "test_segm_AP": champion_ap - 0.01})
+    gt = champion.tags[GT_TAG]
+    lower = record_evaluation(client, second, {"test_bbox_AP": 0.1, "test_segm_AP": champion_ap - 0.01}, gt)
     assert "does not beat" in lower and "champion unchanged" in lower
     assert client.get_model_version_by_alias("yolact", "champion").version == champion.version
     assert float(model_version(client, second).tags["test_segm_AP"]) == pytest.approx(champion_ap - 0.01)
-    higher = record_evaluation(client, second, {"test_bbox_AP": 0.1, "test_segm_AP": champion_ap + 0.01})
+    higher = record_evaluation(client, second, {"test_bbox_AP": 0.1, "test_segm_AP": champion_ap + 0.01}, gt)
     assert f"is the new champion, was v{champion.version}" in higher
     assert client.get_model_version_by_alias("yolact", "champion").version == version.version
 
