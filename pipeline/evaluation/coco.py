@@ -20,6 +20,7 @@ import pandas as pd
 import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+import torch
 from torch import Tensor
 from torchvision.ops import box_convert
 
@@ -61,8 +62,9 @@ def segm_results(
     """
     if masks.shape[0] == 0:
         return []
-    stacked = np.asfortranarray(masks.detach().cpu().numpy().astype(np.uint8).transpose(1, 2, 0))
-    rles = mask_util.encode(stacked)
+    # pycocotools wants [H, W, N] uint8 in Fortran order, i.e. [N, W, H] in C order: one transposing copy.
+    binary = masks.detach().cpu().to(torch.uint8).transpose(1, 2).contiguous().numpy()
+    rles = mask_util.encode(binary.transpose(2, 1, 0))
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return [
