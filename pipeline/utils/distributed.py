@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.utils.errors import PipelineError
+from pipeline.utils.hardware import native_cpu_bf16
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,13 @@ def select_device(requested: str, local_rank: int = 0) -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> ``bf16`` where the device computes in bf16 natively (CUDA with bf16, a CPU with
-    AVX512-BF16 or AMX), else ``fp16`` on CUDA and ``fp32`` on the CPU, where bf16 would be emulated
+    AVX512-BF16 or AMX: :func:`pipeline.utils.hardware.native_cpu_bf16`), else ``fp16`` on CUDA and ``fp32`` on the CPU, where bf16 would be emulated
     (about 10x slower than fp32 on an AVX2-only CPU, measured); other values stay as they are."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "bf16" if native_cpu_bf16() else "fp32"
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

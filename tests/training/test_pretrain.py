@@ -9,6 +9,7 @@ from pipeline.config import PRETRAIN_WEIGHTS, load
 from pipeline.models.backbone.resnet import ResNet
 from pipeline.training.checkpoints import weights_hash
 from pipeline.training.pretrain import confusion_counts, mean_iou, semantic_target
+from pipeline.utils import distributed
 from pipeline.utils.distributed import resolve_precision
 from tests.conftest import REPO
 from tests.tiny import WARM, make_project, run_stage
@@ -35,7 +36,7 @@ def test_mean_iou_is_over_the_labels_in_the_ground_truth():
 def test_the_default_precision_is_the_same_on_every_host(monkeypatch):
     precision = load(REPO / "params.yaml").train.precision
     for native_bf16 in (True, False):
-        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native_bf16)
+        monkeypatch.setattr(distributed, "native_cpu_bf16", lambda: native_bf16)
         assert resolve_precision(precision, torch.device("cpu")) == "fp32"
         # auto stays an opt-in, and it does differ between hosts
         assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if native_bf16 else "fp32")

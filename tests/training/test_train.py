@@ -218,9 +218,10 @@ def test_sync_bn_is_a_config_error_off_cuda(tiny_project, tmp_path):
 
 def test_auto_precision_uses_bf16_only_where_the_cpu_has_it():
     from pipeline.utils.distributed import autocast_dtype, resolve_precision
+    from pipeline.utils.hardware import BF16_FLAGS, cpu_description
 
     cpu = torch.device("cpu")
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported() and bool(set(BF16_FLAGS) & set(cpu_description()["isa_flags"]))
     assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
     assert autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
     assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
