@@ -8,6 +8,16 @@ PREPARED = Path("data/prepared")
 SUMMARY = Path("reports/data/summary.json")
 
 
+def check(params, args):
+    """The generated dataset, when data.source is synthetic, must be there."""
+    from pipeline.utils.errors import require
+
+    data = params.data
+    if data.source == "synthetic":
+        for split in (data.train_split, data.val_split, data.test_split):
+            require(Path(data.root) / "annotations" / f"instances_{split}.json", "generate")
+
+
 def main(params, run, args):
     """Clean the COCO-format data under data.root (real COCO, or the generated synthetic set) into three roles."""
     import os
@@ -37,4 +47,4 @@ def main(params, run, args):
 
 
 if __name__ == "__main__":
-    run_stage("prepare", main)
+    run_stage("prepare", main, check=check)
