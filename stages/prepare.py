@@ -10,26 +10,27 @@ SUMMARY = Path("reports/data/summary.json")
 
 def check(params, args):
     """The generated dataset, when data.source is synthetic, must be there."""
+    from pipeline.config import params_path
     from pipeline.utils.errors import require
 
     data = params.data
     if data.source == "synthetic":
         for split in (data.train_split, data.val_split, data.test_split):
-            require(Path(data.root) / "annotations" / f"instances_{split}.json", "generate")
+            require(params_path(data.root) / "annotations" / f"instances_{split}.json", "generate")
 
 
 def main(params, run, args):
     """Clean the COCO-format data under data.root (real COCO, or the generated synthetic set) into three roles."""
     import os
 
-    from pipeline.config import resolve_path
+    from pipeline.config import params_path
     from pipeline.prepare.summary import headline_metrics
     from pipeline.utils.io import atomic_dir, atomic_write_json
     from pipeline.prepare.roles import prepare
 
     data = params.data
     repository = Path.cwd().resolve()  # DVC runs every stage at the repository root
-    root = resolve_path(data.root, repository)
+    root = params_path(data.root)
     splits = {"train": data.train_split, "val": data.val_split, "test": data.test_split}
     with atomic_dir(PREPARED) as out_dir:
         summary = prepare(root, splits, out_dir, categories=data.categories, max_images=data.max_images,
