@@ -25,6 +25,7 @@ def main(params, run, args):
 
     from pipeline.config import params_path
     from pipeline.prepare.summary import headline_metrics
+    from pipeline.tracking.datasets import overlap_tags
     from pipeline.utils.io import atomic_dir, atomic_write_json
     from pipeline.prepare.roles import prepare
 
@@ -35,7 +36,7 @@ def main(params, run, args):
     with atomic_dir(PREPARED) as out_dir:
         summary = prepare(root, splits, out_dir, categories=data.categories, max_images=data.max_images,
                           keep_empty_train=data.keep_empty_train, strict=data.strict, val_images=data.val_images,
-                          seed=params.seed, repository=repository)
+                          seed=params.seed, repository=repository, allow_overlap=data.allow_overlap)
     root = root.resolve()
     recorded_root = os.path.relpath(root, repository) if root.is_relative_to(repository) else str(root)
     summary = {"source": data.source, "root": recorded_root, **summary}
@@ -43,6 +44,8 @@ def main(params, run, args):
     atomic_write_json(SUMMARY, summary)
     metrics = headline_metrics(summary)
     run.log_metrics(metrics)
+    if "overlap" in summary:
+        run.set_tags(overlap_tags(summary["overlap"]))
     run.log_artifact(SUMMARY, "data")
     print(", ".join(f"{key} {value:g}" for key, value in metrics.items()))
 

@@ -74,6 +74,7 @@ INVALID = [
     ("train.iterations", -1, "train.iterations", "must be non-negative"),
     ("data.source", "coco", "data.root", "is the generated dataset; point it at a COCO root"),
     ("data.root", "/nonexistent/coco", "data.root", "directory not found"),
+    ("data.allow_overlap", "yes", "data.allow_overlap", "expected true or false"),
     ("model.backbone.depth", 42, "model.backbone.depth", "must be one of 18, 34, 50, 101, 152"),
     ("ablation.anchor_scales", ["base$(touch pwned)"], "ablation.anchor_scales[0]", "must be a plain identifier"),
 ]
