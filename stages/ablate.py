@@ -26,6 +26,13 @@ def derive(params, args):
                           parent=(group_key(params), "ablation"))
 
 
+def check(params, args):
+    """The prepared data must be there."""
+    from pipeline.utils.errors import require
+
+    require(PREPARED, "prepare")
+
+
 def main(params, run, args):
     """Train and score one cell of the ablation grid."""
     from pipeline.ablation.cell import run_cell
@@ -37,4 +44,4 @@ def main(params, run, args):
 
 
 if __name__ == "__main__":
-    run_stage("ablate", main, configure=configure, derive=derive)
+    run_stage("ablate", main, configure=configure, derive=derive, check=check)

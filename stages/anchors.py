@@ -8,6 +8,13 @@ PREPARED = Path("data/prepared")
 OUT_DIR = Path("reports/anchors")
 
 
+def check(params, args):
+    """The prepared data must be there."""
+    from pipeline.utils.errors import require
+
+    require(PREPARED, "prepare")
+
+
 def main(params, run, args):
     """Best possible recall, positives per GT and prior counts for each ablation cell; box-size histogram."""
     from pipeline.ablation.anchor_stats import anchor_statistics, feature_sizes, read_image_boxes
@@ -38,4 +45,4 @@ def main(params, run, args):
 
 
 if __name__ == "__main__":
-    run_stage("anchors", main)
+    run_stage("anchors", main, check=check)

@@ -29,6 +29,14 @@ def outputs_for(args):
     return EvaluationOutputs(out, out / "metrics.json", out / "results")
 
 
+def check(params, args):
+    """The prepared data and the model must be there."""
+    from pipeline.utils.errors import require
+
+    require(PREPARED, "prepare")
+    require(args.model, "train")
+
+
 def main(params, run, args):
     """COCO box/mask AP with bootstrap intervals, TIDE errors, per-class AP, PR curves, results files."""
     from pipeline.utils.distributed import select_device
@@ -60,4 +68,4 @@ def main(params, run, args):
 
 
 if __name__ == "__main__":
-    run_stage("evaluate", main, configure=configure)
+    run_stage("evaluate", main, configure=configure, check=check)

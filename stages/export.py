@@ -18,6 +18,13 @@ def configure(parser):
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
+def check(params, args):
+    """The model must be there."""
+    from pipeline.utils.errors import require
+
+    require(args.model, "train")
+
+
 def main(params, run, args):
     """Write the network as an ONNX graph and check it against PyTorch with ONNX Runtime."""
     import torch
@@ -47,4 +54,4 @@ def main(params, run, args):
 
 
 if __name__ == "__main__":
-    run_stage("export", main, configure=configure, tracked=False)
+    run_stage("export", main, configure=configure, tracked=False, check=check)

@@ -20,6 +20,13 @@ def configure(parser):
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
 
 
+def check(params, args):
+    """The model must be there."""
+    from pipeline.utils.errors import require
+
+    require(args.model, "train")
+
+
 def main(params, run, args):
     """Run a trained model on image files, folders or globs: overlays and COCO results under --out."""
     from tqdm import tqdm
@@ -58,4 +65,4 @@ def main(params, run, args):
 
 
 if __name__ == "__main__":
-    run_stage("predict", main, configure=configure, tracked=False)
+    run_stage("predict", main, configure=configure, tracked=False, check=check)

@@ -67,7 +67,7 @@ def apply(preset: Path, params_path: Path = PARAMS, overrides: tuple[str, ...] =
     buffer = io.StringIO()
     rt.dump(document, buffer)
     text = buffer.getvalue()
-    validate(from_dict(yaml.safe_load(text)), base_dir=params_path.resolve().parent)
+    validate(from_dict(yaml.safe_load(text)))
     return text
 
 

@@ -8,6 +8,15 @@ OUT_DIR = Path("models/pretrain")
 REPORT_DIR = Path("reports/pretrain")
 
 
+def check(params, args):
+    """The prepared data must be there, unless the stage is bypassed."""
+    from pipeline.config import PRETRAINED_BY_STAGE
+    from pipeline.utils.errors import require
+
+    if params.model.backbone.pretrained == PRETRAINED_BY_STAGE:
+        require(PREPARED, "prepare")
+
+
 def main(params, run, args):
     """Train the trunk of model.backbone and model.fpn on dense semantic segmentation (pretrain.*); with
     model.backbone.pretrained other than 'pretrain' (ImageNet weights, or none) the stage only records that
@@ -52,4 +61,4 @@ def main(params, run, args):
 
 
 if __name__ == "__main__":
-    run_stage("pretrain", main)
+    run_stage("pretrain", main, check=check)

@@ -9,6 +9,13 @@ OUTPUTS = dict(model_path=Path("models/model.pt"), log_path=Path("reports/train/
 CURVES = Path("reports/train/curves.png")
 
 
+def check(params, args):
+    """The prepared data must be there."""
+    from pipeline.utils.errors import require
+
+    require(PREPARED, "prepare")
+
+
 def main(params, run, args):
     """Train the model (model.arch) on the prepared train split, validating on the val split (resumes an interrupted run)."""
     from pipeline.data.layout import read_label_map
@@ -39,4 +46,4 @@ def main(params, run, args):
 
 
 if __name__ == "__main__":
-    run_stage("train", main)
+    run_stage("train", main, check=check)

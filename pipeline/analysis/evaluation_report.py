@@ -17,7 +17,7 @@ import torch
 from pipeline.analysis.bootstrap import bootstrap_ap
 from pipeline.config import Params
 from pipeline.data.dataset import InstanceDataset
-from pipeline.data.layout import ground_truth_path
+from pipeline.data.layout import ground_truth_path, read_overlap
 from pipeline.analysis.error_analysis import ERROR_TYPES, confusion_figure, confusion_matrix, tide_errors, tide_figure
 from pipeline.evaluation.coco import IOU_TYPES, CocoEvaluation, category_names, per_class_ap_table, size_metrics
 from pipeline.data.coco import load_coco
@@ -56,6 +56,7 @@ def evaluate_model(trained: TrainedModel, model_path: Path, prepared_dir: Path, 
     intervals = {t: bootstrap_ap(evaluations[t].matches, params.eval.bootstrap_resamples, seed=params.seed) for t in IOU_TYPES}
     tide = {t: tide_errors(gt, predictions.results[t], t, image_ids=predictions.image_ids) for t in IOU_TYPES}
     seconds_excluding_model = predictions.postprocess_seconds_per_image + scoring_seconds / max(predictions.num_images, 1)
+    overlap = read_overlap(prepared_dir)  # images in two roles that data.allow_overlap let through
     metrics = {
         **{t: {**evaluations[t].metrics, **_sizes(evaluations[t])} for t in IOU_TYPES},
         "split": split,
@@ -63,6 +64,7 @@ def evaluate_model(trained: TrainedModel, model_path: Path, prepared_dir: Path, 
         "model": str(model_path),
         "intervals": {t: {name: [round(i.lo, 6), round(i.hi, 6)] for name, i in intervals[t].items()} for t in IOU_TYPES},
         "num_gt": _num_gt(evaluations["bbox"]),
+        **({"data_overlap": overlap} if overlap else {}),
     }
     timing = {"inference_s_per_image": predictions.seconds_per_image,
               "eval_images_per_s_excluding_model": 1.0 / max(seconds_excluding_model, 1e-9)}

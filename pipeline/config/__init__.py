@@ -8,6 +8,7 @@ from pipeline.config.paths import (
     PRETRAINED_BY_STAGE,
     REPO_ROOT,
     WEIGHTS_DIR,
+    params_path,
     portable_uri,
     resolve_path,
     weights_path,

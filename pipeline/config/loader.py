@@ -27,27 +27,26 @@ def load(path: str | Path = "params.yaml", overrides: typing.Iterable[str] = ())
     """Read, override and validate ``params.yaml`` (or a preset overlay, merged onto its base first).
 
     ``overrides`` are DVC-style ``"loss.pos_iou=0.6"`` strings; values are parsed as YAML. Relative paths in
-    the params (``data.root``, weight files) are taken from the directory of the base ``params.yaml``.
+    the params (``data.root``, weight files) are taken from the working directory, the repository root where
+    the stages run, wherever ``path`` lies (:func:`pipeline.config.params_path`).
     """
-    raw, base_dir = read_raw(Path(path))
+    raw = read_raw(Path(path))
     for override in overrides:
         _apply_override(raw, override)
     params = from_dict(raw)
-    validate(params, base_dir=base_dir)
+    validate(params)
     return params
 
 
-def read_raw(path: Path) -> tuple[dict[str, Any], Path]:
-    """The params of ``path`` as a nested dict, an overlay merged onto its ``_base_`` (recursively), and the
-    directory relative paths are taken from (the base file's)."""
+def read_raw(path: Path) -> dict[str, Any]:
+    """The params of ``path`` as a nested dict, an overlay merged onto its ``_base_`` (recursively)."""
     raw = _read_yaml(path)
     base = raw.pop(BASE_KEY, None)
     if base is None:
-        return raw, path.resolve().parent
+        return raw
     if not isinstance(base, str):
         raise ConfigError(BASE_KEY, f"must be the path of the params file this one overlays, got {base!r}")
-    base_raw, base_dir = read_raw(path.parent / base)
-    return merge(base_raw, raw), base_dir
+    return merge(read_raw(path.parent / base), raw)
 
 
 def merge(base: dict[str, Any], overlay: dict[str, Any], cls: type = Params) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Where things are: the repository root (computed from this file's depth in the package) and params paths."""
+"""Where things are: the code's repository root (computed from this file's depth in the package) and the paths
+in the params (taken from the working directory, where DVC runs the stages)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,14 +18,21 @@ def _resolve(path: str, base_dir: Path) -> Path:
 
 
 def resolve_path(path: str, base_dir: Path = REPO_ROOT) -> Path:
-    """A params path, relative paths taken from the repository root."""
+    """A path of the code's own repository (a benchmark's arguments), relative paths taken from its root."""
     return _resolve(path, base_dir)
 
 
-def weights_path(value: str, base_dir: Path = REPO_ROOT) -> Path:
+def params_path(value: str, base_dir: Path | None = None) -> Path:
+    """A path in the params (``data.root``, a weights file), relative ones taken from ``base_dir``; by default
+    left relative, so taken from the working directory: the repository root, where DVC runs every stage and
+    the stages write ``data/``, ``models/`` and ``reports/``, whichever params file ``--params`` names."""
+    return Path(value) if base_dir is None else _resolve(value, base_dir)
+
+
+def weights_path(value: str, base_dir: Path | None = None) -> Path:
     """The file of a ``model.backbone.pretrained`` / ``model.init_from`` value: the pretrain stage's output
-    for ``pretrain``, else the path (relative paths from the repository root)."""
-    return _resolve(PRETRAIN_WEIGHTS if value == PRETRAINED_BY_STAGE else value, base_dir)
+    for ``pretrain``, else the path (:func:`params_path`)."""
+    return params_path(PRETRAIN_WEIGHTS if value == PRETRAINED_BY_STAGE else value, base_dir)
 
 
 def portable_uri(uri: str, root: Path = REPO_ROOT) -> str:

@@ -49,6 +49,7 @@ class DataParams:
     max_images: Optional[int] = None
     keep_empty_train: bool = False
     strict: bool = False
+    allow_overlap: bool = False          # an image in two roles (by id, file or content) stops prepare unless true
     num_workers: int = 0
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
 

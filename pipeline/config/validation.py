@@ -15,7 +15,7 @@ from pipeline.config.schema import (
     SYNTHETIC_SPLITS,
     flatten,
 )
-from pipeline.config.paths import PRETRAINED_BY_STAGE, REPO_ROOT, WEIGHTS_DIR, _resolve
+from pipeline.config.paths import PRETRAINED_BY_STAGE, WEIGHTS_DIR, params_path
 
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # names that reach a shell command through dvc.yaml
@@ -25,14 +25,14 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # names that reach a shell c
 # Cross-field validation
 
 
-def validate(params: Params, base_dir: Path = REPO_ROOT) -> None:
-    """Raise :class:`ConfigError` on the first semantic error."""
+def validate(params: Params, base_dir: Path | None = None) -> None:
+    """Raise :class:`ConfigError` on the first semantic error; relative paths are taken from ``base_dir``
+    (default: the working directory, :func:`pipeline.config.params_path`)."""
     data = params.data
     if data.source == "coco":
         if Path(data.root) == Path(SYNTHETIC_ROOT):
             raise ConfigError("data.root", f"{SYNTHETIC_ROOT} is the generated dataset; point it at a COCO root")
-        root = Path(data.root) if Path(data.root).is_absolute() else base_dir / data.root
-        if not root.is_dir():
+        if not params_path(data.root, base_dir).is_dir():
             raise ConfigError("data.root", f"directory not found: {data.root}")
     else:
         if Path(data.root) != Path(SYNTHETIC_ROOT):
@@ -275,11 +275,11 @@ def _non_negative(key: str, value: float) -> None:
         raise ConfigError(key, f"must be non-negative, got {value}")
 
 
-def _weights_file(key: str, path: str, base_dir: Path) -> None:
+def _weights_file(key: str, path: str, base_dir: Path | None) -> None:
     """A weights file must exist under ``weights/``, the directory the training stages declare as a dep."""
-    weights_dir = os.path.abspath(base_dir / WEIGHTS_DIR)
-    if not os.path.abspath(_resolve(path, base_dir)).startswith(weights_dir + os.sep):
+    weights_dir = os.path.abspath(params_path(WEIGHTS_DIR, base_dir))
+    if not os.path.abspath(params_path(path, base_dir)).startswith(weights_dir + os.sep):
         raise ConfigError(key, f"must be a file under {WEIGHTS_DIR}/ (a declared input of the training stages), "
                                f"got {path}")
-    if not _resolve(path, base_dir).is_file():
+    if not params_path(path, base_dir).is_file():
         raise ConfigError(key, f"file not found: {path}")

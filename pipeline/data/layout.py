@@ -25,6 +25,19 @@ def ground_truth_path(prepared_dir: str | Path, role: str) -> Path:
     return Path(prepared_dir) / f"gt_{role}.json"
 
 
+def overlap_path(prepared_dir: str | Path) -> Path:
+    """The images in two roles that ``data.allow_overlap`` let through (:func:`read_overlap`); written only when
+    there are some, so a prepared directory without it has no image in two roles."""
+    return Path(prepared_dir) / "overlap.json"
+
+
+def read_overlap(prepared_dir: str | Path) -> dict[str, Any]:
+    """``{"train/test": {"images", "id", "path", "content", "examples"}, ...}`` per pair of roles sharing images
+    (:func:`pipeline.prepare.overlap.find_overlap`); empty when none does."""
+    path = overlap_path(prepared_dir)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def image_dir(prepared_dir: str | Path, role: str) -> Path:
     """Where ``role``'s images live (relative records are relative to ``prepared_dir``)."""
     recorded = json.loads((Path(prepared_dir) / "image_dirs.json").read_text())[role]

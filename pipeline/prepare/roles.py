@@ -4,7 +4,8 @@ Roles: ``train``; ``val`` (model selection, validation during training); ``test`
 numbers). Each role comes from one split of ``root`` (``annotations/instances_<split>.json`` and
 ``<split>/`` images). When ``val`` names the same split as ``train``, as in COCO's convention (val
 carved from train2017, test = val2017), a seeded, order-independent subset of that split's image ids
-becomes ``val`` and is removed from ``train`` before cleaning, so no image is in two roles.
+becomes ``val`` and is removed from ``train`` before cleaning. An image kept in two roles all the same (the
+same id, file or content: :mod:`pipeline.prepare.overlap`) stops the step unless ``data.allow_overlap``.
 
 The prepared directory holds, per role, the cleaned ``<role>.json`` the loader reads
 (:func:`pipeline.data.layout.annotations_path`), for val and test the official ground truth scoring reads
@@ -20,7 +21,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 from pipeline.prepare.annotations import label_map, official_ground_truth, read_annotations, select_categories
 from pipeline.prepare.cleaning import clean_split
-from pipeline.data.layout import ROLES, SCORED_ROLES, annotations_path, ground_truth_path
+from pipeline.data.layout import ROLES, SCORED_ROLES, annotations_path, ground_truth_path, overlap_path
+from pipeline.prepare.overlap import find_overlap, overlap_message
 from pipeline.prepare.summary import summarize, summarize_ground_truth
 from pipeline.utils.errors import PipelineError
 from pipeline.utils.io import atomic_write_json, atomic_write_text
@@ -38,6 +40,7 @@ def prepare(
     val_images: Optional[int] = None,
     seed: int = 0,
     repository: Optional[Path] = None,
+    allow_overlap: bool = False,
 ) -> dict[str, Any]:
     """Clean ``splits`` (``{"train": "train2017", "val": "train2017", "test": "val2017"}``) of the
     COCO-format ``root`` into ``out_dir`` and return the data summary.
@@ -46,6 +49,9 @@ def prepare(
     same split. ``max_images`` caps every role; train keeps images without instances only with
     ``keep_empty_train``, val and test always. Image folders inside ``repository`` (default
     ``out_dir``) are recorded relative to ``out_dir``, so both can move together; others absolutely.
+    An image kept in two roles (:func:`~pipeline.prepare.overlap.find_overlap`) raises :class:`PipelineError`
+    before anything is written, unless ``allow_overlap``: then it is recorded in the summary (``overlap``)
+    and in ``out_dir`` (:func:`~pipeline.data.layout.overlap_path`).
     """
     if sorted(splits) != sorted(ROLES):
         raise ValueError(f"splits must name the roles {ROLES}, got {sorted(splits)}")
@@ -71,32 +77,40 @@ def prepare(
         raw["val"], raw["train"] = carve(raw["train"], val_images, seed, str(files["train"]))
         carved = {"from": splits["train"], "images": val_images, "seed": seed}
 
+    folders = {role: (root / splits[role]).resolve() for role in ROLES}
+    cleaned = {
+        role: clean_split(raw[role], folders[role], kept, keep_empty=role != "train" or keep_empty_train,
+                          max_images=max_images, strict=strict, source=str(files[role]))
+        for role in ROLES
+    }
+    overlap = find_overlap({role: cleaned[role].dataset["images"] for role in ROLES}, folders)
+    if overlap and not allow_overlap:
+        raise PipelineError(overlap_message(overlap))
+
     out = out_dir.resolve()
     inside = (repository or out_dir).resolve()
     summary_roles, image_dirs = {}, {}
     for role in ROLES:
-        image_dir = (root / splits[role]).resolve()
-        cleaned = clean_split(
-            raw[role], image_dir, kept,
-            keep_empty=role != "train" or keep_empty_train, max_images=max_images, strict=strict,
-            source=str(files[role]),
-        )
+        image_dir = folders[role]
         image_dirs[role] = os.path.relpath(image_dir, out) if image_dir.is_relative_to(inside) else str(image_dir)
         # Compact: the full COCO train json would more than double with indentation.
-        atomic_write_text(annotations_path(out_dir, role), json.dumps(cleaned.dataset, separators=(",", ":")))
-        summary_roles[role] = summarize(cleaned, kept)
+        atomic_write_text(annotations_path(out_dir, role), json.dumps(cleaned[role].dataset, separators=(",", ":")))
+        summary_roles[role] = summarize(cleaned[role], kept)
         if role in SCORED_ROLES:
             ground_truth, left_out = official_ground_truth(
-                raw[role], [image["id"] for image in cleaned.dataset["images"]], [c["id"] for c in kept]
+                raw[role], [image["id"] for image in cleaned[role].dataset["images"]], [c["id"] for c in kept]
             )
             atomic_write_text(ground_truth_path(out_dir, role), json.dumps(ground_truth, separators=(",", ":")))
             summary_roles[role]["ground_truth"] = summarize_ground_truth(ground_truth, left_out)
     atomic_write_json(out_dir / "labels.json", label_map(kept))
     atomic_write_json(out_dir / "image_dirs.json", image_dirs)
+    if overlap:
+        atomic_write_json(overlap_path(out_dir), overlap)
     return {
         "splits": dict(splits),
         **({"val_carved": carved} if carved else {}),
         "categories": [c["name"] for c in kept],
+        **({"overlap": overlap} if overlap else {}),
         "roles": summary_roles,
     }
 

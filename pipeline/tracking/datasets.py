@@ -7,6 +7,7 @@ not datasets: they are in the ``dvc_deps`` param.
 """
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 from pipeline.tracking.provenance import directory_digest, is_code
 
 PREPARED = "data/prepared"
+OVERLAP = "overlap.json"  # in PREPARED: the images in two roles data.allow_overlap let through (pipeline.data.layout)
+OVERLAP_TAG = "data_overlap"
 # The roles of data/prepared each stage reads (pipeline.data.layout.ROLES); evaluate: its --split.
 STAGE_ROLES = {
     "pretrain": ("train", "val"),
@@ -43,6 +46,23 @@ def data_inputs(stage: str, hashes: dict[str, str], cwd: Path, roles: tuple[str,
         if path != PREPARED and not is_code(path) and not path.startswith(NOT_DATA):
             out.append({"name": path, "digest": value, "source": path, "context": RAW_CONTEXT})
     return [spec for spec in out if len(spec["digest"]) <= MAX_DIGEST]  # what MLflow accepts (an md5: 32, .dir: 36)
+
+
+def overlap_tags(overlap: dict[str, Any]) -> dict[str, str]:
+    """``{"data_overlap": "train/test 2 (id 2, path 0, content 1)"}``: the images in two roles of the
+    prepared data (``data.allow_overlap``), a tag of every run that reads it."""
+    kinds = ("id", "path", "content")
+    return {OVERLAP_TAG: "; ".join(
+        f"{pair} {counts['images']} ({', '.join(f'{kind} {counts[kind]}' for kind in kinds)})"
+        for pair, counts in overlap.items())}
+
+
+def data_tags(stage: str, cwd: Path, roles: tuple[str, ...] | None = None) -> dict[str, str]:
+    """The tags of a stage run that reads the prepared data under ``cwd``: :func:`overlap_tags` of the overlap
+    it records (:func:`pipeline.data.layout.read_overlap`)."""
+    path = cwd / PREPARED / OVERLAP
+    reads = STAGE_ROLES.get(stage, ()) if roles is None else roles
+    return overlap_tags(json.loads(path.read_text())) if reads and path.is_file() else {}
 
 
 def dataset_inputs(specs: list[dict[str, str]]) -> list[Any]:

@@ -324,7 +324,7 @@ def start_run(
     import torch
 
     from pipeline.tracking import system_metrics
-    from pipeline.tracking.datasets import data_inputs
+    from pipeline.tracking.datasets import data_inputs, data_tags
     from pipeline.tracking.provenance import code_digest, git_state, source_tags
 
     source = source or stage
@@ -339,6 +339,7 @@ def start_run(
         "torch_version": torch.__version__,
         **({"dvc_exp": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {}),
         **({"mlflow.parentRunId": parent_id} if parent_id else {}),
+        **data_tags(source, Path.cwd(), roles),
         **(tags or {}),
     }
     run.set_tags(all_tags)

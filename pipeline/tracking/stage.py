@@ -1,8 +1,8 @@
 """The shared entry point of every `stages/` script.
 
-Parses ``--params`` and ``--set key=value``, validates the params before any work, opens the
-stage's MLflow run and turns known errors into one line on stderr and a non-zero exit:
-2 for invalid params, 1 for bad data or state.
+Parses ``--params`` and ``--set key=value``, validates the params before any work, checks that the inputs
+earlier stages write exist, opens the stage's MLflow run and turns known errors into one line on stderr and a
+non-zero exit: 2 for invalid params, 1 for bad data or state (a missing input: what to run first).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class Tracking:
 
 
 Derive = Callable[[Params, argparse.Namespace], tuple[Params, Tracking]]
+Check = Callable[[Params, argparse.Namespace], None]
 
 
 def run_stage(
@@ -37,10 +38,12 @@ def run_stage(
     argv: list[str] | None = None,
     derive: Derive | None = None,
     tracked: bool = True,
+    check: Check | None = None,
 ) -> None:
     """Run ``main(params, run, args)``; ``derive`` turns the loaded params and arguments into the
     effective params of this run (e.g. one ablation cell) and where to log it, before tracking starts.
-    An untracked command (``tracked=False``) opens no MLflow run and gets ``run=None``."""
+    ``check`` raises :class:`PipelineError` when an input is missing (:func:`pipeline.utils.errors.require`),
+    before a run is opened. An untracked command (``tracked=False``) opens no MLflow run and gets ``run=None``."""
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=main.__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument(
@@ -59,6 +62,8 @@ def run_stage(
 
     run = None
     try:
+        if check:
+            check(params, args)
         if tracked:
             from pipeline.tracking.run import start_run
 

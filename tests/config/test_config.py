@@ -74,6 +74,7 @@ INVALID = [
     ("train.iterations", -1, "train.iterations", "must be non-negative"),
     ("data.source", "coco", "data.root", "is the generated dataset; point it at a COCO root"),
     ("data.root", "/nonexistent/coco", "data.root", "directory not found"),
+    ("data.allow_overlap", "yes", "data.allow_overlap", "expected true or false"),
     ("model.backbone.depth", 42, "model.backbone.depth", "must be one of 18, 34, 50, 101, 152"),
     ("ablation.anchor_scales", ["base$(touch pwned)"], "ablation.anchor_scales[0]", "must be a plain identifier"),
 ]
@@ -162,3 +163,31 @@ def test_ablation_names_that_reach_the_shell_are_plain_identifiers(ablation, key
     assert err.value.key == key
     config.validate(config.from_dict({"ablation": {"anchor_scales": ["set_2"],
                                                    "scale_sets": {"set_2": [[1], [2], [3], [4], [5]]}}}))
+
+
+def test_weight_paths_are_taken_from_the_repository_root_whichever_params_file(tmp_path, monkeypatch):
+    """A full params file in configs/, an overlay of ../params.yaml and a file outside the tree name the same
+    weights/ file: each resolves from the working directory (the repository root), not from its own folder."""
+    from tests.tiny import make_project, run_stage
+
+    project = make_project(tmp_path / "project")
+    (project / "configs").mkdir()
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["model"]["backbone"]["pretrained"] = "weights/resnet.pth"
+    (project / "configs" / "full.yaml").write_text(yaml.safe_dump(raw))
+    overlay = {config.BASE_KEY: "../params.yaml", "model": {"backbone": {"pretrained": "weights/resnet.pth"}}}
+    (project / "configs" / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    (tmp_path / "outside.yaml").write_text(yaml.safe_dump(raw))
+    files = ("configs/full.yaml", "configs/overlay.yaml", str(tmp_path / "outside.yaml"))
+    for params_file in files:
+        proc = run_stage(project, "train", "--params", params_file, check=False)
+        assert proc.returncode == 2 and "model.backbone.pretrained: file not found: weights/resnet.pth" in proc.stderr
+    (project / "weights" / "resnet.pth").write_bytes(b"")
+    monkeypatch.chdir(project)
+    for params_file in files:
+        params = config.load(params_file)
+        found = config.weights_path(params.model.backbone.pretrained)
+        assert found.resolve() == (project / "weights/resnet.pth").resolve()
+        proc = run_stage(project, "train", "--params", params_file, check=False)
+        assert proc.returncode == 1, proc.stderr  # the params are valid: what is missing now is the data
+        assert proc.stderr.startswith("error: data/prepared: not found; run `python -m stages.prepare`")

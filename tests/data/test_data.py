@@ -37,7 +37,7 @@ def input_params(size: int = SIZE, **augment) -> InputParams:
 def prepare_all(root: Path, out: Path) -> Path:
     out.mkdir(parents=True)
     prepare(root, {"train": "train", "val": "val", "test": "test"}, out, categories=None, max_images=None,
-            keep_empty_train=False, strict=False)
+            keep_empty_train=False, strict=False, allow_overlap=True)  # crafted_coco's roles share pictures
     return out
 
 

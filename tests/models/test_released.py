@@ -178,7 +178,7 @@ def original_forward(s: dict[str, torch.Tensor], x: torch.Tensor, depth: int, ma
 def preset_params(preset: str, **dotted) -> config.Params:
     """A released preset (an overlay, merged onto params.yaml) with overrides, unvalidated (no COCO root or
     weight file here)."""
-    raw, _ = config.read_raw(REPO / "configs" / preset)
+    raw = config.read_raw(REPO / "configs" / preset)
     for key, value in dotted.items():
         node = raw
         *parents, last = key.split(".")
@@ -314,16 +314,17 @@ def test_an_unreadable_file_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("preset", [p.name for p in PRESETS])
-def test_every_preset_loads_and_validates(tmp_path, preset):
+def test_every_preset_loads_and_validates(tmp_path, monkeypatch, preset):
     project = tmp_path / "project"
     (project / "weights").mkdir(parents=True)
     (project / "configs").mkdir()
     shutil.copy(REPO / "params.yaml", project / "params.yaml")
     shutil.copy(REPO / "configs" / preset, project / "configs" / preset)  # an overlay of ../params.yaml
-    model = config.read_raw(project / "configs" / preset)[0]["model"]
+    model = config.read_raw(project / "configs" / preset)["model"]
     for path in (model["backbone"]["pretrained"], model.get("init_from")):
         if path:
             (project / path).touch()
+    monkeypatch.chdir(project)  # weight paths are taken from the working directory, the repository root
     params = config.load(project / "configs" / preset, [f"data.root={tmp_path}"])
     if preset in RELEASED:
         file, depth, size, scales = RELEASED[preset]

@@ -27,8 +27,10 @@ def root(tmp_path: Path) -> Path:
 
 
 def run_prepare(root: Path, out: Path, **options):
+    """Prepare the crafted root, whose roles share images (the same picture saved many times, val ids 1 and 2
+    also in train): the leakage check is tested on its own fixtures in test_overlap.py."""
     out.mkdir(parents=True, exist_ok=True)
-    kwargs = dict(categories=None, max_images=None, keep_empty_train=False, strict=False) | options
+    kwargs = dict(categories=None, max_images=None, keep_empty_train=False, strict=False, allow_overlap=True) | options
     return prepare(root, SPLITS, out, **kwargs)
 
 
@@ -190,7 +192,7 @@ def test_ground_truth_follows_the_category_filter(root, tmp_path):
 
 def test_val_carved_from_train_shares_no_image_and_ignores_file_order(root, tmp_path):
     splits = {"train": "train", "val": "train", "test": "test"}
-    options = dict(categories=None, max_images=None, keep_empty_train=True, strict=False)
+    options = dict(categories=None, max_images=None, keep_empty_train=True, strict=False, allow_overlap=True)
     (tmp_path / "a").mkdir()
     summary = prepare(root, splits, tmp_path / "a", val_images=4, seed=3, **options)
     roles = {role: {i["id"] for i in json.loads(annotations_path(tmp_path / "a", role).read_text())["images"]}

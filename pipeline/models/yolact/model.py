@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.models.priors.anchors import make_priors, num_anchors_per_location
 from pipeline.models.backbone.resnet import ResNet
-from pipeline.config import Params, resolve_path
+from pipeline.config import Params, params_path
 from pipeline.models.backbone.fpn import FPN
 from pipeline.models.yolact.heads import PredictionHead, ProtoNet, SemanticHead
 from pipeline.models.yolact.released import check_params, load_released
@@ -101,7 +101,7 @@ def build_model(params: Params, num_classes: int) -> Yolact:
     if params.loss.use_focal_loss:
         model.head.init_focal_bias(params.loss.focal_init_pi)
     if params.model.init_from is not None:
-        load_released(model, resolve_path(params.model.init_from))
+        load_released(model, params_path(params.model.init_from))
     return model
 
 
