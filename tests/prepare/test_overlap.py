@@ -13,6 +13,7 @@ from pipeline.data.layout import overlap_path, read_overlap
 from pipeline.prepare.overlap import content_digests
 from pipeline.prepare.roles import prepare
 from pipeline.tracking.datasets import OVERLAP, PREPARED
+from pipeline.utils.errors import PipelineError
 from tests.conftest import stage_env
 from tests.tiny import run_stage
 
@@ -74,35 +75,47 @@ def prepare_stage(tmp_path: Path, root: Path, *overrides: str):
     return run_stage(tmp_path, "prepare", *args, check=False, timeout=300)
 
 
+def prepare_library(root: Path, out: Path, allow_overlap: bool) -> dict:
+    return prepare(root, SPLITS, out, categories=None, max_images=None, keep_empty_train=False, strict=True,
+                   allow_overlap=allow_overlap)
+
+
 @pytest.mark.parametrize("kind", ["id", "path", "content"])
-def test_an_image_in_two_roles_stops_prepare_in_one_line(tmp_path, kind):
+def test_each_kind_of_overlap_is_caught_and_with_allow_overlap_recorded(tmp_path, kind):
     root, example = overlapping_root(tmp_path / "coco", kind)
+    with pytest.raises(PipelineError, match=rf"images in two roles: train/test 1 \(1 by {kind}; {example}\)"):
+        prepare_library(root, tmp_path / "refused", allow_overlap=False)
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())  # nothing half-written
+
+    summary = prepare_library(root, tmp_path / "allowed", allow_overlap=True)
+    expected = {"train/test": {"images": 1, **KIND_COUNTS, kind: 1, "examples": [example]}}
+    assert summary["overlap"] == expected and read_overlap(tmp_path / "allowed") == expected
+
+
+def test_the_prepare_stage_refuses_in_one_line_and_records_with_allow_overlap(tmp_path):
+    """Through the CLI on a COCO layout (the id kind: the library test covers all three)."""
+    root, example = overlapping_root(tmp_path / "coco", "id")
     proc = prepare_stage(tmp_path, root)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0]
-    assert f"images in two roles: train/test 1 (1 by {kind}; {example})" in errors[0]
+    assert f"images in two roles: train/test 1 (1 by id; {example})" in errors[0]
     assert "data.allow_overlap: true" in errors[0]
     assert not (tmp_path / "data/prepared").exists() and not list((tmp_path / "data").glob(".prepared*"))
     assert not (tmp_path / "reports").exists()  # nothing half-written
 
-
-@pytest.mark.parametrize("kind", ["id", "path", "content"])
-def test_allow_overlap_prepares_and_records_it(tmp_path, kind):
-    root, example = overlapping_root(tmp_path / "coco", kind)
     proc = prepare_stage(tmp_path, root, "data.allow_overlap=true")
     assert proc.returncode == 0, proc.stderr
-    expected = {"train/test": {"images": 1, **KIND_COUNTS, kind: 1, "examples": [example]}}
-    summary = json.loads((tmp_path / "reports/data/summary.json").read_text())
-    assert summary["overlap"] == expected
+    expected = {"train/test": {"images": 1, **KIND_COUNTS, "id": 1, "examples": [example]}}
+    assert json.loads((tmp_path / "reports/data/summary.json").read_text())["overlap"] == expected
     assert read_overlap(tmp_path / "data/prepared") == expected
-    if kind == "content":  # the prepare run carries it as a tag
-        from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-        (run,) = client.search_runs([client.get_experiment_by_name("yolact").experiment_id])
-        assert run.data.tags["data_overlap"] == "train/test 1 (id 0, path 0, content 1)"
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("yolact").experiment_id])
+    assert {run.data.tags.get("data_overlap") for run in runs if run.info.status == "FINISHED"} == {
+        "train/test 1 (id 1, path 0, content 0)"}
 
 
 def test_no_overlap_records_nothing_and_a_carved_val_is_no_overlap(tmp_path):
