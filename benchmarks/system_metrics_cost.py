@@ -49,7 +49,7 @@ def images_per_s(step, batch: int, seconds: float) -> float:
 
 
 def measure(params_path: str, interval: float, block_s: float, rounds: int) -> dict[str, Any]:
-    params = load(params_path)
+    params = load(params_path, ("model.backbone.pretrained=null",))  # weights never change a timing
     torch.manual_seed(params.seed)
     generator = torch.Generator().manual_seed(0)
     batch, size = params.train.batch_size, params.input.size
