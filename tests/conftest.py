@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,24 @@ def stage_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+_EMPTY_STORE: list[Path] = []
+
+
+def new_store(path: Path) -> str:
+    """An empty MLflow sqlite store at ``path`` and its URI.
+
+    Copied from one store created (and migrated by MLflow) once per session: creating one takes about 2 s,
+    and the suite would otherwise create dozens. Tests of store creation itself use a path that does not exist.
+    """
+    if not _EMPTY_STORE:
+        from mlflow.tracking import MlflowClient
+
+        template = Path(tempfile.mkdtemp(prefix="empty-mlflow-store-")) / "mlflow.db"
+        MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
+        _EMPTY_STORE.append(template)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_EMPTY_STORE[0], path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture(scope="session")

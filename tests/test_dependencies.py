@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, REPO, stage_env
+from tests.conftest import PYTHON, REPO, new_store, stage_env
 from tests.tiny import WARM, make_project
 
 # Code that cannot change a stage's outputs: the top-level packages' __init__ files (the lazy re-exports of
@@ -212,7 +212,7 @@ def test_an_unimported_dep_of_train_or_ablate_is_caught(dvc_stages):
 
 def test_every_stage_declares_the_params_it_reads(dvc_stages, tmp_path):
     project, stages = dvc_stages
-    env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+    env = stage_env(MLFLOW_TRACKING_URI=new_store(tmp_path / "mlflow.db"))
     order = ["generate", "prepare", "pretrain", "train", "evaluate", "anchors"]
     order += sorted(n for n in stages if n.startswith("ablate@")) + ["report"]
     undeclared, reads_of = {}, {}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import PYTHON, REPO, stage_env
+from tests.conftest import PYTHON, REPO, new_store, stage_env
 
 TINY = {
     "data": {"synthetic": {"train_images": 16, "val_images": 8, "test_images": 8, "width": 80, "height": 64,
@@ -54,6 +54,7 @@ def make_project(dest: Path, extra: dict | None = None, git: bool = False) -> Pa
         (dest / name).parent.mkdir(exist_ok=True)
         shutil.copy2(REPO / name, dest / name)
     (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(extra), sort_keys=False))
+    new_store(dest / "mlflow.db")  # the default tracking URI's store, empty
     if git:
         shutil.copytree(REPO / ".dvc", dest / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
         shutil.copy2(REPO / ".gitignore", dest / ".gitignore")
@@ -68,12 +69,16 @@ def copy_project(source: Path, dest: Path, without: tuple[str, ...] = ("models",
     """Copy a tiny project to ``dest`` without the top-level entries matching ``without`` (shell patterns).
 
     Only the top level: ``shutil.ignore_patterns("models")`` would also drop ``pipeline/models``, and the copy
-    would then import the repository's installed package instead of its own.
+    would then import the repository's installed package instead of its own. A store left out is replaced by an
+    empty one (:func:`tests.conftest.new_store`).
     """
     def ignore(directory: str, names: list[str]) -> list[str]:
         return [n for n in names if Path(directory) == source and any(fnmatch.fnmatch(n, p) for p in without)]
 
-    return Path(shutil.copytree(source, dest, ignore=ignore))
+    copied = Path(shutil.copytree(source, dest, ignore=ignore))
+    if not (copied / "mlflow.db").exists():
+        new_store(copied / "mlflow.db")
+    return copied
 
 
 def run_stage(project: Path, stage: str, *args: str, env: dict | None = None, check: bool = True,

@@ -22,7 +22,7 @@ from pipeline.models.yolact.model import build_model
 from pipeline.models.networks import MaskRCNNNetwork, build_network, network
 from pipeline.deploy.predict import Predictor
 from pipeline.training.loop import log_columns, train
-from tests.conftest import REPO, stage_env
+from tests.conftest import REPO, new_store, stage_env
 from tests.training.test_train import _assert_same_weights, _weights, outputs_in
 from tests.tiny import copy_project, kill_train_after_checkpoint, merge, run_stage, tiny_params
 
@@ -234,7 +234,7 @@ def resumed(tiny_project, tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
 
-    env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db", OMP_NUM_THREADS="1")
+    env = stage_env(MLFLOW_TRACKING_URI=new_store(root / "mlflow.db"), OMP_NUM_THREADS="1")
     killed_at = kill_train_after_checkpoint(project, env)
     rerun = run_stage(project, "train", env=env)
     return project, env, _weights(reference / "model.pt"), killed_at, rerun

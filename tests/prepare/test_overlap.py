@@ -14,7 +14,7 @@ from pipeline.prepare.overlap import content_digests
 from pipeline.prepare.roles import prepare
 from pipeline.tracking.datasets import OVERLAP, PREPARED
 from pipeline.utils.errors import PipelineError
-from tests.conftest import stage_env
+from tests.conftest import new_store, stage_env
 from tests.tiny import run_stage
 
 WIDTH, HEIGHT = 40, 30
@@ -69,7 +69,7 @@ def overlapping_root(root: Path, kind: str) -> tuple[Path, str]:
 def prepare_stage(tmp_path: Path, root: Path, *overrides: str):
     params = {"data": {"source": "coco", "root": str(root), "train_split": "train", "val_split": "val",
                        "test_split": "test"},
-              "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}}
+              "mlflow": {"tracking_uri": new_store(tmp_path / "mlflow.db")}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     args = [a for override in overrides for a in ("--set", override)]
     return run_stage(tmp_path, "prepare", *args, check=False, timeout=300)
@@ -146,7 +146,7 @@ def test_metrics_and_every_run_reading_the_data_carry_the_overlap(tiny_project, 
     shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts"))
     train, test = (sorted((project / "data/synthetic" / split).glob("*.png")) for split in ("train", "test"))
     shutil.copyfile(train[0], test[0])
-    env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{project}/mlflow.db")
+    env = stage_env(MLFLOW_TRACKING_URI=new_store(project / "mlflow.db"))
     refused = run_stage(project, "prepare", env=env, check=False)
     assert refused.returncode == 1 and "train/test 1 (1 by content" in refused.stderr
     run_stage(project, "prepare", "--set", "data.allow_overlap=true", env=env)

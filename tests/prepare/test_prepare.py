@@ -16,7 +16,7 @@ from pipeline.utils.errors import PipelineError
 from pipeline.evaluation.coco import coco_evaluate
 from pipeline.prepare.roles import carved_ids, prepare
 from tests import crafted_coco
-from tests.conftest import PYTHON, stage_env
+from tests.conftest import PYTHON, new_store, stage_env
 
 SPLITS = {"train": "train", "val": "val", "test": "test"}
 
@@ -265,7 +265,7 @@ def write_params(tmp_path: Path, data: dict) -> Path:
     params = {
         "data": data,
         "input": {"size": 64},
-        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        "mlflow": {"tracking_uri": new_store(tmp_path / "mlflow.db")},
     }
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))

@@ -15,7 +15,7 @@ from pipeline.utils.distributed import Dist
 from pipeline.training.sampling import SampleStream
 from pipeline.training.schedule import build_optimizer, learning_rate
 from pipeline.training.loop import TrainOutputs, train
-from tests.conftest import PYTHON, free_port, stage_env
+from tests.conftest import PYTHON, free_port, new_store, stage_env
 from tests.tiny import copy_project, kill_train_after_checkpoint
 
 
@@ -113,7 +113,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_project, tmp_path)
     reference = tmp_path / "reference"
     train(config.load(project / "params.yaml"), project / "data/prepared", outputs_in(reference), progress=False)
 
-    env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+    env = stage_env(MLFLOW_TRACKING_URI=new_store(tmp_path / "mlflow.db"))
     killed_at = kill_train_after_checkpoint(project, env)
     assert 4 <= killed_at < iterations
     assert not (project / "models/model.pt").exists()
@@ -192,7 +192,7 @@ def test_torchrun_matches_one_process_with_the_same_global_batch(ddp_comparison,
     project, one = ddp_comparison
     (project / "models/model.pt").unlink(missing_ok=True)
     torchrun = Path(PYTHON).parent / "torchrun"
-    env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", OMP_NUM_THREADS="1")
+    env = stage_env(MLFLOW_TRACKING_URI=new_store(tmp_path / "mlflow.db"), OMP_NUM_THREADS="1")
     if layout == "two_nodes":
         procs = _launch_two_nodes(torchrun, project, env)
     else:
