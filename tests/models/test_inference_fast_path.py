@@ -18,15 +18,8 @@ from pipeline.models.detections import crop_masks, paste_masks, to_image
 from pipeline.models.folding import fold_batchnorm
 from pipeline.models.networks import network_of
 from pipeline.models.yolact.model import build_model
+from tests.models.test_model import SMALL
 
-SMALL = {
-    "input.size": 96,
-    "model.backbone.depth": 18,
-    "model.backbone.base_channels": 16,
-    "model.fpn.out_channels": 32,
-    "model.head.num_prototypes": 8,
-    "anchors.scales": [[8], [16], [32], [64], [96]],
-}
 MASK_PIXELS_MAY_DIFFER = 1e-5  # fraction of all mask pixels
 
 
